@@ -1,0 +1,232 @@
+"""Every public exception of conveyor, in one tree under :class:`ConveyorError`.
+
+Each error carries facts (task index, a short repr of the arguments, worker pid, exit code
+or signal) as attributes, and is picklable, so it crosses process boundaries intact.
+
+Where a standard-library exception already means the same thing, ours subclasses it, so
+existing ``except`` clauses keep working:
+
+============================  =====================================================
+conveyor                      also an instance of
+============================  =====================================================
+``WorkerLostError``           ``concurrent.futures.process.BrokenProcessPool``
+``WorkerStartError``          ``concurrent.futures.process.BrokenProcessPool``
+``TaskTimeoutError``          ``TimeoutError``
+``ResultTimeoutError``        ``multiprocessing.TimeoutError``, ``TimeoutError``
+``SerializationError``        ``pickle.PicklingError``
+``ChannelClosed``             --
+``ChannelBroken``             --
+``PipelineError``             --
+============================  =====================================================
+
+Example::
+
+    try:
+        pool.map(risky, items)
+    except conveyor.WorkerLostError as e:
+        print(e.task_index, e.signal_name, e.pid)
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import pickle
+import signal
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+__all__ = [
+    "CallbackError",
+    "ChannelBroken",
+    "ChannelClosed",
+    "ConveyorError",
+    "PipelineError",
+    "RemoteTraceback",
+    "ResultTimeoutError",
+    "SerializationError",
+    "TaskTimeoutError",
+    "WorkerLostError",
+    "WorkerStartError",
+]
+
+
+def signal_name(signum: int | None) -> str | None:
+    """``9`` -> ``"SIGKILL"``; None for None or an unknown number."""
+    if signum is None:
+        return None
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class ConveyorError(Exception):
+    """Base class of every error conveyor raises itself."""
+
+
+class RemoteTraceback(ConveyorError):
+    """Attached as ``__cause__`` of an exception re-raised from a worker.
+
+    Its message is the worker's formatted traceback, so Python's usual chained
+    traceback display shows where in the worker the failure happened.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\nTraceback in the worker process:\n" + self.tb.rstrip()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.tb,))
+
+
+class WorkerLostError(ConveyorError, BrokenProcessPool):
+    """A worker process died while it ran a task.
+
+    Only that task fails; the worker is replaced and the pool goes on.
+
+    Attributes: ``task_index`` (position of the task in its call, or None),
+    ``task_repr`` (short repr of its arguments), ``pid``, ``exitcode`` (negative for a
+    signal, as :attr:`multiprocessing.Process.exitcode`), ``signal_name``,
+    ``peak_rss`` (bytes, when known) and ``guess`` (a likely cause, labelled as such).
+    """
+
+    def __init__(
+        self,
+        task_index: int | None,
+        task_repr: str,
+        pid: int | None,
+        exitcode: int | None,
+        peak_rss: int | None = None,
+        guess: str | None = None,
+    ) -> None:
+        self.task_index = task_index
+        self.task_repr = task_repr
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
+        self.peak_rss = peak_rss
+        self.guess = guess
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        what = f"task {self.task_index}" if self.task_index is not None else "a task"
+        if self.signal_name:
+            how = f"was killed by {self.signal_name}"
+        elif self.exitcode is not None:
+            how = f"exited with code {self.exitcode}"
+        else:
+            how = "disappeared"
+        msg = f"the worker (pid {self.pid}) running {what} {self.task_repr} {how}"
+        if self.peak_rss:
+            msg += f"; its peak resident memory was {self.peak_rss / 2**20:.0f} MiB"
+        if self.guess:
+            msg += f" (a guess: {self.guess})"
+        return msg
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            (self.task_index, self.task_repr, self.pid, self.exitcode, self.peak_rss, self.guess),
+        )
+
+
+class WorkerStartError(ConveyorError, BrokenProcessPool):
+    """A worker could not start: its initializer raised, or the process failed to boot.
+
+    The pool cannot run tasks without workers, so every pending task fails with this.
+    The initializer's exception, with its traceback, is the ``__cause__``.
+    """
+
+
+class TaskTimeoutError(ConveyorError, TimeoutError):
+    """A task ran longer than its ``task_timeout``; its worker was killed and replaced."""
+
+    def __init__(self, task_index: int | None, task_repr: str, timeout: float, pid: int | None) -> None:
+        self.task_index = task_index
+        self.task_repr = task_repr
+        self.timeout = timeout
+        self.pid = pid
+        what = f"task {task_index}" if task_index is not None else "a task"
+        super().__init__(
+            f"{what} {task_repr} ran longer than its timeout of {timeout:g} s; "
+            f"its worker (pid {pid}) was killed and replaced"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task_index, self.task_repr, self.timeout, self.pid))
+
+
+class ResultTimeoutError(
+    ConveyorError, multiprocessing.TimeoutError, concurrent.futures.TimeoutError
+):
+    """Waiting for a result (``AsyncResult.get(timeout)``, ``map(timeout=)``) timed out.
+
+    The task itself goes on running; only the wait ended.
+    """
+
+
+class SerializationError(ConveyorError, pickle.PicklingError):
+    """Something could not be pickled or unpickled; the message says what and where.
+
+    Attributes: ``what`` ("function", "argument", "result", "item", ...),
+    ``task_index`` (or None).
+    """
+
+    def __init__(self, message: str, what: str = "object", task_index: int | None = None) -> None:
+        super().__init__(message)
+        self.what = what
+        self.task_index = task_index
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.what, self.task_index))
+
+
+class CallbackError(ConveyorError):
+    """A ``callback``, ``error_callback`` or ``progress`` callable raised.
+
+    The callable's exception is the ``__cause__``. Work itself was not affected.
+    """
+
+
+class ChannelClosed(ConveyorError):
+    """End of stream: every sender closed and the channel is drained (or you closed it)."""
+
+
+class ChannelBroken(ConveyorError):
+    """The channel cannot be used any more: cancelled, or a process died holding it."""
+
+
+class PipelineError(ConveyorError):
+    """A pipeline stage failed on an item.
+
+    Attributes: ``stage`` (name), ``item_repr``; the original exception is the ``__cause__``.
+    """
+
+    def __init__(self, stage: str, item_repr: str, message: str = "") -> None:
+        self.stage = stage
+        self.item_repr = item_repr
+        super().__init__(message or f"stage {stage!r} failed on item {item_repr}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.stage, self.item_repr, str(self)))
+
+
+def short_repr(obj: object, limit: int = 80) -> str:
+    """A repr for error messages: never raises, never longer than ``limit``."""
+    try:
+        text = repr(obj)
+    except Exception as exc:  # a broken __repr__ must not hide the real error
+        text = f"<{type(obj).__name__} with a failing repr: {exc!r}>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text
+
+
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, ConveyorError):
+        _cls.__module__ = "conveyor"
+del _cls

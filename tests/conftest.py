@@ -1,0 +1,85 @@
+"""Test-wide guards: every test must leave no child process, thread or /dev/shm segment."""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SHM_DIR = Path("/dev/shm")
+START_METHODS = ["fork", "forkserver", "spawn"]
+
+
+def child_pids() -> set[int]:
+    """Live (non-zombie) processes whose parent is this process."""
+    me = os.getpid()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        state, ppid = fields[0], int(fields[1])
+        if ppid == me and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def conveyor_segments() -> set[str]:
+    try:
+        return {p.name for p in SHM_DIR.iterdir() if "conveyor" in p.name}
+    except OSError:
+        return set()
+
+
+def _forkserver_pid() -> int | None:
+    # The stdlib forkserver is a process-wide singleton that outlives pools on purpose.
+    from multiprocessing import forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+@pytest.fixture(autouse=True)
+def leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that leaves processes, threads or shared-memory segments behind."""
+    threads_before = set(threading.enumerate())
+    segments_before = conveyor_segments()
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        allowed = {_forkserver_pid()}
+        children = child_pids() - allowed
+        threads = {t for t in threading.enumerate() if t not in threads_before and t.is_alive()}
+        segments = conveyor_segments() - segments_before
+        if not (children or threads or segments) or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    problems = []
+    if children:
+        problems.append(f"child processes left: {sorted(children)}")
+    if threads:
+        problems.append(f"threads left: {sorted(t.name for t in threads)}")
+    if segments:
+        problems.append(f"/dev/shm segments left: {sorted(segments)}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Dump every thread's stack shortly before pytest-timeout kills a hanging test.
+    timeout = float(config.getini("timeout") or 0)
+    if timeout > 5:
+        faulthandler.enable(file=sys.stderr)
+
+
+@pytest.fixture(params=START_METHODS)
+def start_method(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
