@@ -40,11 +40,15 @@ def conveyor_segments() -> set[str]:
         return set()
 
 
-def _forkserver_pid() -> int | None:
-    # The stdlib forkserver is a process-wide singleton that outlives pools on purpose.
-    from multiprocessing import forkserver
+def _singleton_pids() -> set[int | None]:
+    # The stdlib forkserver and resource tracker are process-wide singletons that
+    # outlive pools and segments on purpose.
+    from multiprocessing import forkserver, resource_tracker
 
-    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+    return {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),
+        getattr(resource_tracker._resource_tracker, "_pid", None),
+    }
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +59,7 @@ def leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     deadline = time.monotonic() + 3.0
     while True:
-        allowed = {_forkserver_pid()}
+        allowed = _singleton_pids()
         children = child_pids() - allowed
         threads = {t for t in threading.enumerate() if t not in threads_before and t.is_alive()}
         segments = conveyor_segments() - segments_before

@@ -1,0 +1,198 @@
+"""Shared-memory segments: names, ownership, attaching, and sweeping stale ones.
+
+Every segment conveyor makes is named ``conveyor_<pid>_<starttime>_<token>``: the pid and
+the kernel start time of the process that owns it. A segment whose owner is gone (the
+pid is dead, or now belongs to a process that started at another time) is stale, and
+:func:`sweep_stale` removes it.
+
+Ownership: exactly one :class:`Segment` per name is the owner (``create=True``); it is
+the only one that unlinks. Other processes :meth:`Segment.attach` and never unlink.
+
+Two safety nets catch an owner that cannot run its cleanup:
+
+* the owner registers the name with multiprocessing's resource tracker (as the standard
+  ``SharedMemory`` does), whose separate process unlinks it when the owner dies, even by
+  SIGKILL;
+* the next run's :func:`sweep_stale` removes whatever is still there.
+
+Attaching deliberately bypasses ``multiprocessing.shared_memory.SharedMemory``: before
+Python 3.13 it registered attached segments with the resource tracker too, which then
+unlinked them when the *attaching* process exited (bpo-39959, gh-82300), and warned about
+"leaked" segments it did not own.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import secrets
+import stat
+import weakref
+from multiprocessing import resource_tracker
+from pathlib import Path
+
+SHM_DIR = Path("/dev/shm")
+PREFIX = "conveyor_"
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    if fields[0] == "Z":  # a zombie owns nothing any more
+        return None
+    return fields[19]
+
+
+def new_name(kind: str = "seg") -> str:
+    """A fresh segment name that records this process as its owner."""
+    pid = os.getpid()
+    return f"{PREFIX}{pid}_{_start_time(pid)}_{kind}_{secrets.token_hex(4)}"
+
+
+def owner_alive(name: str) -> bool:
+    """Whether the process that owns segment ``name`` still runs."""
+    try:
+        _, pid, started, _rest = name.split("_", 3)
+        return _start_time(int(pid)) == started
+    except ValueError:
+        return True  # not one of ours in the expected form: leave it alone
+
+
+def sweep_stale() -> list[str]:
+    """Unlink conveyor segments whose owner process is gone. Returns the names removed."""
+    removed = []
+    try:
+        entries = list(SHM_DIR.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.startswith(PREFIX) and not owner_alive(entry.name):
+            try:
+                entry.unlink()
+                removed.append(entry.name)
+            except OSError:
+                pass
+            else:
+                _untrack(entry.name)
+    return removed
+
+
+def _untrack(name: str) -> None:
+    try:
+        resource_tracker.unregister("/" + name, "shared_memory")
+    except Exception:  # the tracker may be gone at interpreter exit; nothing to undo then
+        pass
+
+
+def _unlink_owned(name: str, mm: mmap.mmap | None) -> None:
+    # Runs from a finalizer: must not raise, and must not depend on the Segment object.
+    if mm is not None:
+        try:
+            mm.close()
+        except BufferError:
+            pass  # views still exported; the mapping goes when they do
+    try:
+        os.unlink(SHM_DIR / name)
+    except FileNotFoundError:
+        pass
+    _untrack(name)
+
+
+class Segment:
+    """A named block of shared memory, mapped into this process.
+
+    ``Segment.create(size)`` makes and owns one; ``Segment.attach(name)`` maps an
+    existing one. ``close()`` unmaps; the owner's ``close()`` also unlinks the name.
+    The owner's segment is unlinked at the latest when the owner object is collected or
+    the interpreter exits.
+
+    Example::
+
+        seg = Segment.create(1024)
+        other = Segment.attach(seg.name)   # in any process
+        other.buf[0] = 7
+        assert seg.buf[0] == 7
+        other.close(); seg.close()
+    """
+
+    def __init__(self, name: str, mm: mmap.mmap, size: int, owner: bool) -> None:
+        self.name = name
+        self.size = size
+        self.owner = owner
+        self._mmap: mmap.mmap | None = mm
+        self.buf = memoryview(mm)
+        self._finalizer = (
+            weakref.finalize(self, _unlink_owned, name, None) if owner else None
+        )
+
+    @classmethod
+    def create(cls, size: int, kind: str = "seg") -> Segment:
+        if size < 0:
+            raise ValueError(f"segment size must be >= 0, got {size}")
+        name = new_name(kind)
+        path = SHM_DIR / name
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            resource_tracker.register("/" + name, "shared_memory")
+            os.ftruncate(fd, max(size, 1))
+            mm = mmap.mmap(fd, max(size, 1))
+        except BaseException:
+            os.close(fd)
+            _unlink_owned(name, None)
+            raise
+        os.close(fd)
+        return cls(name, mm, size, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> Segment:
+        try:
+            fd = os.open(SHM_DIR / name, os.O_RDWR)
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"shared-memory segment {name!r} does not exist (its owner closed it or exited)"
+            ) from None
+        try:
+            size = os.fstat(fd).st_size
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        return cls(name, mm, size, owner=False)
+
+    def close(self) -> None:
+        """Unmap (and, for the owner, unlink). Safe to call twice."""
+        mm, self._mmap = self._mmap, None
+        if mm is None:
+            return
+        self.buf.release()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            _unlink_owned(self.name, mm)
+        else:
+            try:
+                mm.close()
+            except BufferError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._mmap is None
+
+    def __enter__(self) -> Segment:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = "owner" if self.owner else "attached"
+        return f"<Segment {self.name} {self.size} bytes {role}{' closed' if self.closed else ''}>"
+
+
+def segment_exists(name: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(SHM_DIR / name).st_mode)
+    except OSError:
+        return False
