@@ -61,7 +61,11 @@ def leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     while True:
         allowed = _singleton_pids()
         children = child_pids() - allowed
-        threads = {t for t in threading.enumerate() if t not in threads_before and t.is_alive()}
+        threads = {
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and t.name != "tqdm_monitor"
+        }  # tqdm's own monitor thread is shared by every bar and ends by itself
         segments = conveyor_segments() - segments_before
         if not (children or threads or segments) or time.monotonic() > deadline:
             break

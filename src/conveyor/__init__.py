@@ -14,11 +14,21 @@ Everything public is re-exported here; underscore modules are internals.
 
 from __future__ import annotations
 
+from conveyor._pool import AsyncResult as AsyncResult
+from conveyor._pool import MapResult as MapResult
+from conveyor._pool import Pool as Pool
+from conveyor._pool import PoolStatistics as PoolStatistics
+from conveyor._pool import TaskFuture as TaskFuture
+from conveyor._pool import map as map
+from conveyor._worker import worker_index as worker_index
+from conveyor._worker import worker_state as worker_state
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
 from conveyor.errors import ChannelClosed as ChannelClosed
 from conveyor.errors import ConveyorError as ConveyorError
 from conveyor.errors import PipelineError as PipelineError
+from conveyor.errors import PoolClosedError as PoolClosedError
+from conveyor.errors import RemoteError as RemoteError
 from conveyor.errors import RemoteTraceback as RemoteTraceback
 from conveyor.errors import ResultTimeoutError as ResultTimeoutError
 from conveyor.errors import SerializationError as SerializationError
@@ -29,15 +39,25 @@ from conveyor.errors import WorkerStartError as WorkerStartError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncResult",
     "CallbackError",
     "ChannelBroken",
     "ChannelClosed",
     "ConveyorError",
+    "MapResult",
     "PipelineError",
+    "Pool",
+    "PoolClosedError",
+    "PoolStatistics",
+    "RemoteError",
     "RemoteTraceback",
     "ResultTimeoutError",
     "SerializationError",
+    "TaskFuture",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerStartError",
+    "map",
+    "worker_index",
+    "worker_state",
 ]
