@@ -34,10 +34,17 @@ def child_pids() -> set[int]:
 
 
 def conveyor_segments() -> set[str]:
+    """conveyor segments that belong to this test run: owned by this process, or by a
+    process that is gone (a leak). Live segments of other processes (another test run on
+    the same machine) are not ours to judge."""
+    from conveyor._shm import owner_alive
+
+    me = f"conveyor_{os.getpid()}_"
     try:
-        return {p.name for p in SHM_DIR.iterdir() if "conveyor" in p.name}
+        names = [p.name for p in SHM_DIR.iterdir() if "conveyor" in p.name]
     except OSError:
         return set()
+    return {n for n in names if n.startswith(me) or not owner_alive(n)}
 
 
 def _singleton_pids() -> set[int | None]:

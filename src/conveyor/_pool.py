@@ -204,7 +204,8 @@ class _FutureCall(_Call):
             what = "argument" if args else "keyword argument"
             raise _serialize.serialization_error(
                 what, args if args else kwargs, None, _HINT) from None
-        self.record = Record(self, 0, (args, kwargs), _worker.CALL, data)
+        # A lone task's index is its submission number in the pool, for error messages.
+        self.record = Record(self, next(pool._submitted), (args, kwargs), _worker.CALL, data)
 
     def start(self, rec: Record) -> bool:
         if rec.attempts == 0:
@@ -600,6 +601,8 @@ class Pool(futures.Executor):
         elif start_method is not None:
             raise TypeError("give either context= or start_method=, not both")
         self._workers = n
+        self._main_by_value = ctx.get_start_method() != "fork"
+        self._submitted = itertools.count()
         self._task_timeout = task_timeout
         self._retries = retries
         self._retry_on = tuple(retry_on)
@@ -611,7 +614,9 @@ class Pool(futures.Executor):
         init_bytes = None
         if initializer is not None:
             try:
-                init_bytes = _serialize.dumps_function((initializer, tuple(initargs)))
+                init_bytes = _serialize.dumps(
+                    (_serialize.dumps_function(initializer, self._main_by_value), tuple(initargs))
+                )
             except Exception:
                 raise _serialize.serialization_error("initializer", (initializer, tuple(initargs)),
                                                      None) from None
@@ -630,7 +635,7 @@ class Pool(futures.Executor):
                 self._fns.move_to_end(id(fn))
                 return entry[1], entry[2]
         try:
-            data = _serialize.dumps_function(fn)
+            data = _serialize.dumps_function(fn, self._main_by_value)
         except Exception:
             raise _serialize.serialization_error(
                 "function", fn, None, "define it at module level, or make what it "

@@ -28,15 +28,18 @@ def dumps(obj: object) -> bytes:
         return bytes(cloudpickle.dumps(obj, PROTOCOL))
 
 
-def dumps_function(fn: object) -> bytes:
+def dumps_function(fn: object, main_by_value: bool = True) -> bytes:
     """Pickle a callable by value when it cannot be pickled by reference.
 
-    A function in ``__main__`` pickles by reference with the standard pickler, which
-    works under fork but not under spawn or forkserver (the child's ``__main__`` is a
-    different module); cloudpickle sends those by value.
+    A function in ``__main__`` pickles by reference with the standard pickler. Under
+    fork the child has the very same ``__main__``, so that works (and keeps classes the
+    function uses identical in both processes). Under spawn and forkserver the child's
+    ``__main__`` is a re-import that lacks what the ``if __name__ == "__main__":`` block
+    or an interactive session defined, so there (``main_by_value``) cloudpickle sends
+    such functions by value.
     """
     module = getattr(fn, "__module__", None)
-    if module == "__main__" or module is None:
+    if main_by_value and (module == "__main__" or module is None):
         import cloudpickle
 
         code = getattr(fn, "__code__", None)

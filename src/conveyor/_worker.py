@@ -95,7 +95,9 @@ def _encode_exception(exc: BaseException) -> tuple[bytes, str]:
         frames = frames.tb_next  # the user's frames are what matter, not this loop's
     tb = "".join(traceback.format_exception(type(exc), exc, frames))
     try:
-        data = pickle.dumps(exc, _serialize.PROTOCOL)
+        # cloudpickle as a fallback keeps an exception class defined in __main__ the same
+        # class in the parent (its class tracker maps it back), so except clauses match.
+        data = _serialize.dumps(exc)
         pickle.loads(data)  # an exception with a custom __init__ may not round-trip
     except Exception:
         from conveyor.errors import RemoteError
@@ -171,9 +173,8 @@ def worker_main(
     try:
         state = None
         if init_bytes is not None:
-            initializer, initargs = pickle.loads(init_bytes)
-            if initializer is not None:
-                state = initializer(*initargs)
+            init_fn, initargs = pickle.loads(init_bytes)
+            state = pickle.loads(init_fn)(*initargs)
     except BaseException as exc:
         _frames.write_frame(result_fd, INIT_FAILED, pickle.dumps(_encode_exception(exc)))
         os._exit(0)

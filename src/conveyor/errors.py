@@ -91,7 +91,8 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
 
     Only that task fails; the worker is replaced and the pool goes on.
 
-    Attributes: ``task_index`` (position of the task in its call, or None),
+    Attributes: ``task_index`` (position of the task in its ``map``/``imap`` call, or
+    for ``submit``/``apply_async`` the task's submission number in the pool),
     ``task_repr`` (short repr of its arguments), ``pid``, ``exitcode`` (negative for a
     signal, as :attr:`multiprocessing.Process.exitcode`), ``signal_name``,
     ``peak_rss`` (bytes, when known) and ``guess`` (a likely cause, labelled as such).
