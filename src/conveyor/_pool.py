@@ -100,28 +100,36 @@ class TaskFuture(futures.Future[Any]):
 # --------------------------------------------------------------------------- call objects
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """A function and its per-call options, resolved and validated once."""
+
+    fn_name: str
+    fn_id: int
+    fn_bytes: bytes
+    timeout: float | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+
+
 class _Call:
     """What every kind of call shares: the function, options, progress, callbacks."""
 
-    def __init__(self, pool: Pool, fn: Callable[..., Any], mode: int, total: int | None,
-                 progress: ProgressSpec, task_timeout: float | None,
-                 retries: int | None, retry_on: tuple[type[BaseException], ...] | None) -> None:
+    mode: int
+
+    def __init__(self, pool: Pool, spec: _Spec, mode: int, total: int | None,
+                 progress: ProgressSpec) -> None:
         self.pool = pool
         self.sup = pool._sup
-        self.fn_name = getattr(fn, "__qualname__", None) or type(fn).__name__
-        self.fn_id, self.fn_bytes = pool._register_function(fn)
+        self.fn_name = spec.fn_name
+        self.fn_id = spec.fn_id
+        self.fn_bytes = spec.fn_bytes
+        self.timeout = spec.timeout
+        self.retries = spec.retries
+        self.retry_on = spec.retry_on
         self.mode = mode
-        self.timeout = pool._task_timeout if task_timeout is None else task_timeout
-        if self.timeout is not None and self.timeout <= 0:
-            raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout}")
-        if self.timeout:
-            self.sup.timeouts_used = True
-        self.retries = pool._retries if retries is None else retries
-        if self.retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
-        self.retry_on = pool._retry_on if retry_on is None else tuple(retry_on)
-        spec = pool._progress if progress is None else progress
-        self.progress = Progress(spec, total, self.fn_name) if spec else None
+        shown = pool._progress if progress is None else progress
+        self.progress = Progress(shown, total, self.fn_name) if shown else None
         self._unreported = 0
         self.cancelled = False
 
@@ -186,35 +194,49 @@ class _Call:
 _HINT = "arguments must be picklable (cloudpickle is tried for lambdas and closures)"
 
 
-class _FutureCall(_Call):
-    """One task: ``submit``, ``apply``, ``apply_async``."""
+class _FutureCall(_Call, Record):
+    """One task: ``submit``, ``apply``, ``apply_async``. The call is its own record, and
+    its construction is kept lean: ``submit`` in a loop is a hot path."""
 
-    def __init__(self, pool: Pool, fn: Callable[..., Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], callback: Callable[[Any], object] | None = None,
-                 error_callback: Callable[[BaseException], object] | None = None,
-                 **options: Any) -> None:
-        super().__init__(pool, fn, _worker.CALL, 1, **options)
-        self.future = TaskFuture()
-        self.future._call = self
-        self.callback = callback
-        self.error_callback = error_callback
+    def __init__(self, pool: Pool, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any],
+                 callback: Callable[[Any], object] | None = None,
+                 error_callback: Callable[[BaseException], object] | None = None) -> None:
         try:
-            data = _serialize.dumps((args, kwargs))
+            self.data = _serialize.dumps((args, kwargs))
         except Exception:
             what = "argument" if args else "keyword argument"
             raise _serialize.serialization_error(
                 what, args if args else kwargs, None, _HINT) from None
-        # A lone task's index is its submission number in the pool, for error messages.
-        self.record = Record(self, next(pool._submitted), (args, kwargs), _worker.CALL, data)
+        self.pool = pool
+        self.sup = pool._sup
+        self.fn_name = spec.fn_name
+        self.fn_id = spec.fn_id
+        self.fn_bytes = spec.fn_bytes
+        self.timeout = spec.timeout
+        self.retries = spec.retries
+        self.retry_on = spec.retry_on
+        self.progress = None
+        self._unreported = 0
+        self.cancelled = False
+        self.future = future = TaskFuture()
+        future._call = self
+        self.callback = callback
+        self.error_callback = error_callback
+        # Record fields. A lone task's index is its submission number in the pool.
+        self.rid = 0
+        self.call = self
+        self.base = next(pool._submitted)
+        self.items = (args, kwargs)
+        self.mode = _worker.CALL
+        self.attempts = 0
 
     def start(self, rec: Record) -> bool:
         if rec.attempts == 0:
             return self.future.set_running_or_notify_cancel()
         return not self.future.cancelled()
 
-    def complete(self, rec: Record, values: list[Any], errors: dict[int, BaseException],
-                 skip: set[int]) -> None:
-        self._unreported += 1
+    def complete(self, rec: Record, values: Sequence[Any], errors: dict[int, BaseException],
+                 skip: set[int] | frozenset[int]) -> None:
         if self.callback is None and self.error_callback is None:
             self._settle(values[0], errors.get(0))
         else:
@@ -255,12 +277,12 @@ class _FutureCall(_Call):
 class _ListCall(_Call):
     """``map``, ``starmap`` and their ``_async`` forms: an ordered list of results."""
 
-    def __init__(self, pool: Pool, fn: Callable[..., Any], items: Sequence[Any], mode: int,
+    def __init__(self, pool: Pool, spec: _Spec, items: Sequence[Any], mode: int,
                  chunksize: int | None, callback: Callable[[Any], object] | None = None,
                  error_callback: Callable[[BaseException], object] | None = None,
-                 **options: Any) -> None:
+                 progress: ProgressSpec = None) -> None:
         n = len(items)
-        super().__init__(pool, fn, mode, n, **options)
+        super().__init__(pool, spec, mode, n, progress)
         self.results: list[Any] = [None] * n
         self.errors: dict[int, BaseException] = {}
         self.remaining = n
@@ -274,8 +296,8 @@ class _ListCall(_Call):
         if n == 0:
             self._finish()
 
-    def complete(self, rec: Record, values: list[Any], errors: dict[int, BaseException],
-                 skip: set[int]) -> None:
+    def complete(self, rec: Record, values: Sequence[Any], errors: dict[int, BaseException],
+                 skip: set[int] | frozenset[int]) -> None:
         base, size = rec.base, rec.size
         if not errors and not skip:
             self.results[base : base + size] = values
@@ -338,10 +360,10 @@ class _ListCall(_Call):
 class _IterCall(_Call, Iterator[Any]):
     """``imap`` and ``imap_unordered``: reads its input lazily, a bounded window ahead."""
 
-    def __init__(self, pool: Pool, fn: Callable[..., Any], iterable: Iterable[Any], mode: int,
-                 chunksize: int, ordered: bool, **options: Any) -> None:
+    def __init__(self, pool: Pool, spec: _Spec, iterable: Iterable[Any], mode: int,
+                 chunksize: int, ordered: bool, progress: ProgressSpec = None) -> None:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
-        super().__init__(pool, fn, mode, total, **options)
+        super().__init__(pool, spec, mode, total, progress)
         if chunksize < 1:
             raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         self.chunksize = chunksize
@@ -397,8 +419,8 @@ class _IterCall(_Call, Iterator[Any]):
             self._finalizer.detach()
             _stop_feed(self.pool, self.sup)
 
-    def complete(self, rec: Record, values: list[Any], errors: dict[int, BaseException],
-                 skip: set[int]) -> None:
+    def complete(self, rec: Record, values: Sequence[Any], errors: dict[int, BaseException],
+                 skip: set[int] | frozenset[int]) -> None:
         with self._cond:
             for k in range(rec.size):
                 if k in skip:
@@ -608,7 +630,7 @@ class Pool(futures.Executor):
         self._retry_on = tuple(retry_on)
         self._progress = progress
         self._lock = threading.Lock()
-        self._fns: OrderedDict[int, tuple[Callable[..., Any], int, bytes]] = OrderedDict()
+        self._fns: OrderedDict[int, tuple[Callable[..., Any], _Spec]] = OrderedDict()
         self._fn_ids = itertools.count(1)
         self._state = "running"
         init_bytes = None
@@ -622,30 +644,53 @@ class Pool(futures.Executor):
                                                      None) from None
         self._callbacks = CallbackThread()
         self._sup = Supervisor(ctx, n, init_bytes, maxtasks, max_worker_memory)
+        self._sup.timeouts_used = task_timeout is not None
         self._finalizer = weakref.finalize(self, _finalize, self._sup, self._callbacks)
 
     # ------------------------------------------------------------------------ internals
 
-    def _register_function(self, fn: Callable[..., Any]) -> tuple[int, bytes]:
-        if not callable(fn):
-            raise TypeError(f"the function to run must be callable, got {short_repr(fn)}")
+    def _spec(self, fn: Callable[..., Any], task_timeout: float | None = None,
+              retries: int | None = None,
+              retry_on: Iterable[type[BaseException]] | None = None) -> _Spec:
+        """Pickle ``fn`` once (cached per function) and resolve the call's options."""
+        defaults = task_timeout is None and retries is None and retry_on is None
         with self._lock:
             entry = self._fns.get(id(fn))
             if entry is not None and entry[0] is fn:
                 self._fns.move_to_end(id(fn))
-                return entry[1], entry[2]
-        try:
-            data = _serialize.dumps_function(fn, self._main_by_value)
-        except Exception:
-            raise _serialize.serialization_error(
-                "function", fn, None, "define it at module level, or make what it "
-                "captures picklable") from None
-        with self._lock:
-            fn_id = next(self._fn_ids)
-            self._fns[id(fn)] = (fn, fn_id, data)  # holding fn keeps its id() unique
-            if len(self._fns) > _FN_CACHE:
-                self._fns.popitem(last=False)
-        return fn_id, data
+                if defaults:
+                    return entry[1]
+        if entry is None or entry[0] is not fn:
+            if not callable(fn):
+                raise TypeError(f"the function to run must be callable, got {short_repr(fn)}")
+            try:
+                data = _serialize.dumps_function(fn, self._main_by_value)
+            except Exception:
+                raise _serialize.serialization_error(
+                    "function", fn, None, "define it at module level, or make what it "
+                    "captures picklable") from None
+            name = getattr(fn, "__qualname__", None) or type(fn).__name__
+            base = _Spec(name, next(self._fn_ids), data, self._task_timeout, self._retries,
+                         self._retry_on)
+            with self._lock:
+                self._fns[id(fn)] = (fn, base)  # holding fn keeps its id() unique
+                if len(self._fns) > _FN_CACHE:
+                    self._fns.popitem(last=False)
+        else:
+            base = entry[1]
+        if defaults:
+            return base
+        timeout = base.timeout if task_timeout is None else task_timeout
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"task_timeout must be a positive number of seconds, got {timeout!r}")
+        tries = base.retries if retries is None else retries
+        if tries < 0:
+            raise ValueError(f"retries must be >= 0, got {tries}")
+        types = base.retry_on if retry_on is None else tuple(retry_on)
+        spec = _Spec(base.fn_name, base.fn_id, base.fn_bytes, timeout, tries, types)
+        if spec.timeout:
+            self._sup.timeouts_used = True
+        return spec
 
     def _check_open(self) -> None:
         if self._state != "running":
@@ -668,9 +713,8 @@ class Pool(futures.Executor):
     def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> TaskFuture:
         """Run ``fn(*args, **kwargs)`` in a worker; return a future of its result."""
         self._check_open()
-        call = _FutureCall(self, fn, args, kwargs, progress=False, task_timeout=None,
-                           retries=None, retry_on=None)
-        self._sup.submit([call.record])
+        call = _FutureCall(self, self._spec(fn), args, kwargs)
+        self._sup.submit([call])
         return call.future
 
     def map(  # type: ignore[override]
@@ -699,8 +743,8 @@ class Pool(futures.Executor):
             items, mode = _as_sequence(iterables[0]), _worker.MAP
         else:
             items, mode = list(zip(*iterables, strict=False)), _worker.STARMAP
-        call = _ListCall(self, fn, items, mode, chunksize, progress=progress,
-                         task_timeout=task_timeout, retries=retries, retry_on=retry_on)
+        call = _ListCall(self, self._spec(fn, task_timeout, retries, retry_on), items, mode,
+                         chunksize, progress=progress)
         return self._run_list(call, timeout)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -733,10 +777,9 @@ class Pool(futures.Executor):
     ) -> AsyncResult[R]:
         """Start ``func(*args, **kwds)``; callbacks run in the parent when it ends."""
         self._check_open()
-        call = _FutureCall(self, func, tuple(args), dict(kwds or {}), callback, error_callback,
-                           progress=False, task_timeout=task_timeout, retries=retries,
-                           retry_on=retry_on)
-        self._sup.submit([call.record])
+        call = _FutureCall(self, self._spec(func, task_timeout, retries, retry_on), tuple(args),
+                           dict(kwds or {}), callback, error_callback)
+        self._sup.submit([call])
         fut = call.future
         return AsyncResult(lambda t: _wait_future(fut, t), fut.result)
 
@@ -757,13 +800,23 @@ class Pool(futures.Executor):
         return self._list_async(func, iterable, _worker.MAP, chunksize, callback, error_callback,
                                 progress, task_timeout, retries, retry_on)
 
-    def starmap(self, func: Callable[..., R], iterable: Iterable[Iterable[Any]],
-                chunksize: int | None = None, **options: Any) -> list[R]:
+    def starmap(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Iterable[Any]],
+        chunksize: int | None = None,
+        *,
+        timeout: float | None = None,
+        progress: ProgressSpec = None,
+        task_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+    ) -> list[R]:
         """``[func(*args) for args in iterable]`` in parallel, in order."""
         self._check_open()
-        call = _ListCall(self, func, _as_sequence(iterable), _worker.STARMAP, chunksize,
-                         **_options(options))
-        return self._run_list(call, options.get("timeout"))
+        call = _ListCall(self, self._spec(func, task_timeout, retries, retry_on),
+                         _as_sequence(iterable), _worker.STARMAP, chunksize, progress=progress)
+        return self._run_list(call, timeout)
 
     def starmap_async(
         self,
@@ -772,36 +825,58 @@ class Pool(futures.Executor):
         chunksize: int | None = None,
         callback: Callable[[list[R]], object] | None = None,
         error_callback: Callable[[BaseException], object] | None = None,
-        **options: Any,
+        *,
+        progress: ProgressSpec = None,
+        task_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
     ) -> MapResult:
         """Start a ``starmap``; its AsyncResult's ``get()`` returns the list."""
-        o = _options(options)
         return self._list_async(func, iterable, _worker.STARMAP, chunksize, callback,
-                                error_callback, o["progress"], o["task_timeout"], o["retries"],
-                                o["retry_on"])
+                                error_callback, progress, task_timeout, retries, retry_on)
 
     def _list_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: int,
                     chunksize: int | None, callback: Any, error_callback: Any, progress: Any,
                     task_timeout: Any, retries: Any, retry_on: Any) -> MapResult:
         self._check_open()
-        call = _ListCall(self, func, _as_sequence(iterable), mode, chunksize, callback,
-                         error_callback, progress=progress, task_timeout=task_timeout,
-                         retries=retries, retry_on=retry_on)
+        call = _ListCall(self, self._spec(func, task_timeout, retries, retry_on),
+                         _as_sequence(iterable), mode, chunksize, callback, error_callback,
+                         progress=progress)
         self._sup.submit(call.records)
         return MapResult(call.done.wait, call.outcome)
 
-    def imap(self, func: Callable[..., R], iterable: Iterable[Any], chunksize: int = 1,
-             **options: Any) -> Iterator[R]:
+    def imap(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        progress: ProgressSpec = None,
+        task_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+    ) -> Iterator[R]:
         """Results in input order, as they become available; reads ``iterable`` lazily
         (a bounded window ahead), so an endless generator works."""
         self._check_open()
-        return _IterCall(self, func, iterable, _worker.MAP, chunksize, True, **_options(options))
+        return _IterCall(self, self._spec(func, task_timeout, retries, retry_on), iterable,
+                         _worker.MAP, chunksize, True, progress)
 
-    def imap_unordered(self, func: Callable[..., R], iterable: Iterable[Any], chunksize: int = 1,
-                       **options: Any) -> Iterator[R]:
+    def imap_unordered(
+        self,
+        func: Callable[..., R],
+        iterable: Iterable[Any],
+        chunksize: int = 1,
+        *,
+        progress: ProgressSpec = None,
+        task_timeout: float | None = None,
+        retries: int | None = None,
+        retry_on: tuple[type[BaseException], ...] | None = None,
+    ) -> Iterator[R]:
         """Results in completion order; reads ``iterable`` lazily."""
         self._check_open()
-        return _IterCall(self, func, iterable, _worker.MAP, chunksize, False, **_options(options))
+        return _IterCall(self, self._spec(func, task_timeout, retries, retry_on), iterable,
+                         _worker.MAP, chunksize, False, progress)
 
     def close(self) -> None:
         """Accept no more work; workers exit once the submitted work is done."""
@@ -873,14 +948,6 @@ def _positional_chunksize(iterables: tuple[Any, ...], chunksize: int | None
     if len(iterables) == 2 and isinstance(iterables[1], int) and chunksize is None:
         return iterables[:1], iterables[1]
     return iterables, chunksize
-
-
-def _options(options: dict[str, Any]) -> dict[str, Any]:
-    allowed = {"progress", "task_timeout", "retries", "retry_on", "timeout"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    return {k: options.get(k) for k in allowed - {"timeout"}}
 
 
 def map(

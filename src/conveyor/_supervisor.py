@@ -64,6 +64,8 @@ _TARGET_QUEUE_NS = 4_000_000
 _MAX_DEPTH = 512
 _MAX_PENDING_BYTES = 8 << 20
 _TERM_GRACE = 0.5
+_NO_ERRORS: dict[int, BaseException] = {}
+_NO_SKIP: frozenset[int] = frozenset()
 
 
 class Record:
@@ -149,6 +151,7 @@ class Supervisor:
         self.pending: deque[Record] = deque()
         self._next_rid = 0
         self._woken = False
+        self.needs_work = True
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._commands: deque[tuple[str, Any]] = deque()
         self._poll = select.poll()
@@ -177,7 +180,10 @@ class Supervisor:
         pending = self.pending
         for rec in records:
             pending.append(rec)
-        self.wake()
+        # Waking the supervisor costs a GIL hand-off between threads; when every worker
+        # already has work, the results they send will wake it anyway.
+        if self.needs_work:
+            self.wake()
 
     def wake(self) -> None:
         if not self._woken:
@@ -290,7 +296,11 @@ class Supervisor:
                 getattr(self, "_cmd_" + name)(arg)
             if self._terminating:
                 return
+            # Set before looking at the queue, so a submitter that reads False has
+            # appended before the look (see submit()).
+            self.needs_work = True
             self._dispatch()
+            self.needs_work = self._has_room()
             if self._closing and not self.pending and not self._busy() and not self.open_feeds:
                 return
             timeout_ms = self._poll_timeout_ms()
@@ -355,6 +365,13 @@ class Supervisor:
         if self._avg_ns <= 0:
             return 2
         return max(2, min(_MAX_DEPTH, 1 + math.ceil(_TARGET_QUEUE_NS / self._avg_ns)))
+
+    def _has_room(self) -> bool:
+        # Only an idle worker is worth a wake-up: a worker with queued work will send
+        # results soon, and that wakes the supervisor, which then refills it. Waking
+        # for less would hand the GIL back and forth once per submit.
+        return any(w is not None and w.ready and not w.retiring and w.kill_reason is None
+                   and not w.outstanding for w in self._workers)
 
     def _dispatch(self) -> None:
         pending = self.pending
@@ -438,10 +455,15 @@ class Supervisor:
             self.tasks_done += n
             if isinstance(value, _worker._CloudPickled):
                 value = pickle.loads(value.data)
-            errors: dict[int, BaseException] = {}
-            if status == _worker.OK:
-                values = [value] if rec.mode == _worker.CALL else value
-            elif status == _worker.FAILED:
+            call = rec.call
+            if status == _worker.OK:  # the hot path: no allocations beyond the tuple
+                call.complete(rec, (value,) if rec.mode == _worker.CALL else value, _NO_ERRORS,
+                              _NO_SKIP)
+                if call.progress is not None or rec.mode != _worker.CALL:
+                    calls[call] = None
+                continue
+            errors: dict[int, BaseException]
+            if status == _worker.FAILED:
                 exc = _decode_exception(*value)
                 values = [None] * n
                 errors = dict.fromkeys(range(n), exc)
