@@ -12,7 +12,6 @@ Layers, top to bottom (each imports only from the ones below it):
 Everything public is re-exported here; underscore modules are internals.
 """
 
-from __future__ import annotations
 
 from conveyor._pool import AsyncResult as AsyncResult
 from conveyor._pool import MapResult as MapResult
