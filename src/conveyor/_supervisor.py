@@ -226,7 +226,7 @@ class Supervisor:
             target=_worker.worker_main,
             args=(
                 child_task, child_result, self._slots, index, self._init_bytes,
-                self._maxtasks, self._max_memory,
+                self._maxtasks, self._max_memory, self._die_with_parent(),
             ),
             name=f"conveyor-worker-{index}",
             daemon=True,
@@ -245,6 +245,15 @@ class Supervisor:
         self._fd_owner[task_w] = ("write", w)
         self._poll.register(result_r, select.POLLIN)
         self._poll.register(w.sentinel, select.POLLIN)
+
+    def _die_with_parent(self) -> bool:
+        # PR_SET_PDEATHSIG follows the thread that forked the worker, so ask for it only
+        # when that thread lives as long as the pool: the main thread or the supervisor.
+        # Under forkserver the forker is the server's main thread.
+        if self._ctx.get_start_method() == "forkserver":
+            return True
+        current = threading.current_thread()
+        return current is threading.main_thread() or current.name == "conveyor-pool-supervisor"
 
     def _forget_worker(self, w: _Worker) -> None:
         for fd in (w.reader.fd, w.sentinel, w.writer.fd):

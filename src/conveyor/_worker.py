@@ -113,6 +113,23 @@ def _watch_parent(ppid: int) -> None:
             os._exit(70)
 
 
+def _die_with_parent(ppid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent goes (Linux only).
+
+    The kernel ties this to the parent *thread* that forked us; the pool forks only from
+    the main thread or from its supervisor thread, both of which outlive the pool. The
+    polling watch thread stays as a second line on other systems."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != ppid:  # the parent died before the request took effect
+        os._exit(70)
+
+
 class _FunctionCache:
     """The worker's mirror of the supervisor's per-worker function LRU (same size, same
     order of use), so a function's bytes cross the pipe once per worker."""
@@ -155,6 +172,7 @@ def worker_main(
     init_bytes: bytes | None,
     maxtasks: int | None,
     max_memory: int | None,
+    die_with_parent: bool = False,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     global _state, _index
@@ -163,8 +181,11 @@ def worker_main(
     result_fd = os.dup(result_conn.fileno())
     task_conn.close()
     result_conn.close()
+    ppid = os.getppid()
+    if die_with_parent:
+        _die_with_parent(ppid)
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(),), name="conveyor-parent-watch", daemon=True
+        target=_watch_parent, args=(ppid,), name="conveyor-parent-watch", daemon=True
     ).start()
     _index = index
     # A plain memoryview over the shared array: item stores cost ~30 ns instead of ctypes' ~80.
