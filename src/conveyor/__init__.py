@@ -3,6 +3,7 @@
 Layers, top to bottom (each imports only from the ones below it):
 
     _cli                                   the ``conveyor`` command
+    _pipeline, _work_queue                 stages of workers; tasks that add tasks
     _pool                                  Pool, map(): what users call
     _supervisor                            the pool's one thread: dispatch, results, deaths
     _worker                                runs in the child process
@@ -13,12 +14,18 @@ Everything public is re-exported here; underscore modules are internals.
 """
 
 
+from conveyor._pipeline import ItemError as ItemError
+from conveyor._pipeline import Pipeline as Pipeline
+from conveyor._pipeline import PipelineStatistics as PipelineStatistics
+from conveyor._pipeline import StageStatistics as StageStatistics
 from conveyor._pool import AsyncResult as AsyncResult
 from conveyor._pool import MapResult as MapResult
 from conveyor._pool import Pool as Pool
 from conveyor._pool import PoolStatistics as PoolStatistics
 from conveyor._pool import TaskFuture as TaskFuture
 from conveyor._pool import map as map
+from conveyor._work_queue import iter_work_queue as iter_work_queue
+from conveyor._work_queue import work_queue as work_queue
 from conveyor._worker import worker_index as worker_index
 from conveyor._worker import worker_state as worker_state
 from conveyor.errors import CallbackError as CallbackError
@@ -43,8 +50,11 @@ __all__ = [
     "ChannelBroken",
     "ChannelClosed",
     "ConveyorError",
+    "ItemError",
     "MapResult",
+    "Pipeline",
     "PipelineError",
+    "PipelineStatistics",
     "Pool",
     "PoolClosedError",
     "PoolStatistics",
@@ -52,11 +62,14 @@ __all__ = [
     "RemoteTraceback",
     "ResultTimeoutError",
     "SerializationError",
+    "StageStatistics",
     "TaskFuture",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerStartError",
+    "iter_work_queue",
     "map",
+    "work_queue",
     "worker_index",
     "worker_state",
 ]

@@ -71,7 +71,8 @@ _NO_SKIP: frozenset[int] = frozenset()
 class Record:
     """One unit of dispatch: a single call, or a chunk of items of a map."""
 
-    __slots__ = ("attempts", "base", "call", "data", "items", "mode", "rid")
+    __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
+                 "worker")
 
     def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes) -> None:
         self.rid = 0
@@ -81,6 +82,8 @@ class Record:
         self.mode = mode
         self.data = data
         self.attempts = 0
+        self.elapsed_ns = 0  # run time in the worker, once it ran
+        self.worker = -1  # index of the worker slot that ran it
 
     @property
     def size(self) -> int:
@@ -460,6 +463,8 @@ class Supervisor:
             if rec is None:
                 continue
             n = rec.size
+            rec.elapsed_ns = elapsed
+            rec.worker = w.index
             self._avg_ns += (elapsed - self._avg_ns) * (0.2 if self._avg_ns else 1.0)
             self.tasks_done += n
             if isinstance(value, _worker._CloudPickled):
@@ -548,7 +553,7 @@ class Supervisor:
     def _fail_running(self, w: _Worker, rec: Record, item: int, exitcode: int | None,
                       peak_kb: int, requeue: list[Record]) -> None:
         call = rec.call
-        index = rec.base + (0 if rec.mode == _worker.CALL else item)
+        index = call.task_index(rec.base + (0 if rec.mode == _worker.CALL else item))
         single = rec if rec.mode == _worker.CALL else rec.split(item, item + 1)
         reason, _ = w.kill_reason or ("lost", None)
         if reason == "cancelled":

@@ -61,6 +61,12 @@ _FLUSH_NS = 2_000_000  # send results at least every 2 ms while busy
 _NOT_IN_WORKER = object()
 _state: Any = _NOT_IN_WORKER
 _index: int = -1
+_thread_state = threading.local()  # for thread stages of a pipeline
+
+
+def set_thread_state(state: Any) -> None:
+    """Make ``state`` what worker_state() returns in this thread (thread stages)."""
+    _thread_state.value = state
 
 
 def worker_state() -> Any:
@@ -79,6 +85,9 @@ def worker_state() -> Any:
 
     Raises RuntimeError outside a conveyor worker.
     """
+    in_thread = getattr(_thread_state, "value", _NOT_IN_WORKER)
+    if in_thread is not _NOT_IN_WORKER:
+        return in_thread
     if _state is _NOT_IN_WORKER:
         raise RuntimeError("worker_state() is only available inside a conveyor pool worker")
     return _state
