@@ -137,9 +137,7 @@ def test_back_pressure_bounds_what_is_read_from_the_source() -> None:
             .map(double, workers=2, maxsize=64)
             .map(square, workers=2, maxsize=64)
             .map(jitter, workers=1, maxsize=16))  # the slow last stage
-    taken = 0
-    for _ in pipe:
-        taken += 1
+    for taken, _ in enumerate(pipe, 1):
         if taken == 500:
             break
     # Bounded by the buffers and in-flight windows, nowhere near 10 million.
