@@ -120,8 +120,7 @@ def iter_work_queue(
             running[fut] = task
             fut.add_done_callback(finished.put)
             if bar is not None:
-                bar.total = known
-                bar.refresh()
+                bar.total = known  # drawn with the next update
 
         for task in initial_tasks:
             start(task)
