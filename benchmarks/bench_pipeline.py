@@ -39,11 +39,8 @@ def finish(x: int) -> int:
 def run_conveyor(n: int) -> int:
     import conveyor as cv
 
-    total = 0
     pipe = cv.Pipeline(range(n)).map(parse, workers=2).filter(keep, workers=2).map(finish, workers=2)
-    for x in pipe:
-        total += 1
-    return total
+    return sum(1 for _ in pipe)
 
 
 def run_pypeln(n: int) -> int:
