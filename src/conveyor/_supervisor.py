@@ -148,6 +148,9 @@ class Supervisor:
         self._init_bytes = init_bytes
         self._maxtasks = maxtasks
         self._max_memory = max_memory
+        from conveyor._shm import _start_time
+
+        self._owner = (os.getpid(), _start_time(os.getpid()))
         self._slots = ctx.RawArray("q", workers * _worker.SLOT_SIZE)
         for i in range(0, workers * _worker.SLOT_SIZE, _worker.SLOT_SIZE):
             self._slots[i] = -1
@@ -229,7 +232,7 @@ class Supervisor:
             target=_worker.worker_main,
             args=(
                 child_task, child_result, self._slots, index, self._init_bytes,
-                self._maxtasks, self._max_memory, self._die_with_parent(),
+                self._maxtasks, self._max_memory, self._die_with_parent(), self._owner,
             ),
             name=f"conveyor-worker-{index}",
             daemon=True,

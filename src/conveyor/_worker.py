@@ -115,10 +115,16 @@ def _encode_exception(exc: BaseException) -> tuple[bytes, str]:
     return data, tb
 
 
-def _watch_parent(ppid: int) -> None:
+def _watch_parent(ppid: int, owner: tuple[int, str | None]) -> None:
+    # Under forkserver our parent is the fork server, which can outlive the pool's
+    # process for seconds; so the pool's own process (pid and start time, which
+    # rules out a recycled pid) is watched too.
+    from conveyor._shm import _start_time
+
+    owner_pid, owner_started = owner
     while True:
         time.sleep(0.05)
-        if os.getppid() != ppid:
+        if os.getppid() != ppid or _start_time(owner_pid) != owner_started:
             os._exit(70)
 
 
@@ -182,6 +188,7 @@ def worker_main(
     maxtasks: int | None,
     max_memory: int | None,
     die_with_parent: bool = False,
+    owner: tuple[int, str | None] | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     global _state, _index
@@ -193,8 +200,12 @@ def worker_main(
     ppid = os.getppid()
     if die_with_parent:
         _die_with_parent(ppid)
+    if owner is None:
+        from conveyor._shm import _start_time
+
+        owner = (ppid, _start_time(ppid))
     threading.Thread(
-        target=_watch_parent, args=(ppid,), name="conveyor-parent-watch", daemon=True
+        target=_watch_parent, args=(ppid, owner), name="conveyor-parent-watch", daemon=True
     ).start()
     _index = index
     # A plain memoryview over the shared array: item stores cost ~30 ns instead of ctypes' ~80.
