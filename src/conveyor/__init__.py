@@ -14,6 +14,12 @@ Everything public is re-exported here; underscore modules are internals.
 
 from __future__ import annotations
 
+from conveyor._shared import SharedCounter as SharedCounter
+from conveyor._shared import SharedValue as SharedValue
+from conveyor._shared_array import SharedArray as SharedArray
+from conveyor._shared_common import SegmentLock as SegmentLock
+from conveyor._struct import SharedFieldArray as SharedFieldArray
+from conveyor._struct import shared_struct as shared_struct
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
 from conveyor.errors import ChannelClosed as ChannelClosed
@@ -36,8 +42,14 @@ __all__ = [
     "PipelineError",
     "RemoteTraceback",
     "ResultTimeoutError",
+    "SegmentLock",
     "SerializationError",
+    "SharedArray",
+    "SharedCounter",
+    "SharedFieldArray",
+    "SharedValue",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerStartError",
+    "shared_struct",
 ]
