@@ -61,14 +61,8 @@ class SharedValue(Generic[N]):
         self._buf = seg.buf
         self._lock = SegmentLock(seg.name)
 
-    @classmethod
-    def _attach(cls, name: str, code: str) -> Any:
-        obj = cls.__new__(cls)
-        obj._init(Segment.attach(name), code)
-        return obj
-
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self)._attach, (self._seg.name, self._code))
+        return (_attach_value, (type(self), self._seg.name, self._code))
 
     @property
     def value(self) -> N:
@@ -155,3 +149,10 @@ class SharedCounter(SharedValue[int]):
     def decrement(self, n: int = 1) -> int:
         """Atomically subtract ``n`` (default 1); returns the new count."""
         return self.add(-n)
+
+
+def _attach_value(cls: type[SharedValue[Any]], name: str, code: str) -> SharedValue[Any]:
+    # A module-level function, so pickle and cloudpickle both send it by reference.
+    obj = cls.__new__(cls)
+    obj._init(Segment.attach(name), code)
+    return obj

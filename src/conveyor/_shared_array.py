@@ -57,9 +57,12 @@ class SharedArray:
         self._dtype = np.dtype(dtype)
         self._order = order
         nbytes = math.prod(shape) * self._dtype.itemsize
-        # A slice, not seg.buf itself: numpy then holds an export of the slice, and the
-        # segment can still release its own view when closed (see Segment.close).
-        self._array = np.ndarray(shape, self._dtype, buffer=seg.buf[:nbytes], order=order)
+        # frombuffer on a slice, not seg.buf itself: numpy then holds its own export, so
+        # the segment can release its view on close while the mapping stays alive for as
+        # long as any array uses it (np.ndarray(buffer=...) keeps no export: a view used
+        # after close would crash).
+        flat = np.frombuffer(seg.buf[:nbytes], self._dtype)
+        self._array = flat.reshape(shape, order=order)
         self._lock: SegmentLock | None = None
 
     @classmethod
@@ -77,15 +80,9 @@ class SharedArray:
         out._array[...] = src
         return out
 
-    @classmethod
-    def _attach(cls, name: str, shape: tuple[int, ...], dtype: str, order: str) -> SharedArray:
-        obj = cls.__new__(cls)
-        obj._setup(Segment.attach(name), shape, dtype, order)
-        return obj
-
     def __reduce__(self) -> tuple[Any, ...]:
         return (
-            SharedArray._attach,
+            _attach_array,
             (self._seg.name, self._shape, self._dtype.str, self._order),
         )
 
@@ -148,3 +145,10 @@ class SharedArray:
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
         return f"<SharedArray shape={self._shape} dtype={self._dtype}{state} {self._seg.name}>"
+
+
+def _attach_array(name: str, shape: tuple[int, ...], dtype: str, order: str) -> SharedArray:
+    # A module-level function, so pickle and cloudpickle both send it by reference.
+    obj = SharedArray.__new__(SharedArray)
+    obj._setup(Segment.attach(name), shape, dtype, order)
+    return obj
