@@ -18,6 +18,8 @@ from conveyor._shared import SharedCounter as SharedCounter
 from conveyor._shared import SharedValue as SharedValue
 from conveyor._shared_array import SharedArray as SharedArray
 from conveyor._shared_common import SegmentLock as SegmentLock
+from conveyor._shared_dict import SharedDict as SharedDict
+from conveyor._shared_dict import SharedList as SharedList
 from conveyor._struct import SharedFieldArray as SharedFieldArray
 from conveyor._struct import shared_struct as shared_struct
 from conveyor.errors import CallbackError as CallbackError
@@ -46,7 +48,9 @@ __all__ = [
     "SerializationError",
     "SharedArray",
     "SharedCounter",
+    "SharedDict",
     "SharedFieldArray",
+    "SharedList",
     "SharedValue",
     "TaskTimeoutError",
     "WorkerLostError",
