@@ -21,6 +21,8 @@ from conveyor._shared_common import SegmentLock as SegmentLock
 from conveyor._shared_dict import SharedDict as SharedDict
 from conveyor._shared_dict import SharedList as SharedList
 from conveyor._struct import SharedFieldArray as SharedFieldArray
+from conveyor._team import TeamContext as TeamContext
+from conveyor._team import team as team
 from conveyor._struct import shared_struct as shared_struct
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
@@ -31,6 +33,8 @@ from conveyor.errors import RemoteTraceback as RemoteTraceback
 from conveyor.errors import ResultTimeoutError as ResultTimeoutError
 from conveyor.errors import SerializationError as SerializationError
 from conveyor.errors import TaskTimeoutError as TaskTimeoutError
+from conveyor.errors import TeamBrokenError as TeamBrokenError
+from conveyor.errors import TeamMemberLostError as TeamMemberLostError
 from conveyor.errors import WorkerLostError as WorkerLostError
 from conveyor.errors import WorkerStartError as WorkerStartError
 
@@ -53,7 +57,11 @@ __all__ = [
     "SharedList",
     "SharedValue",
     "TaskTimeoutError",
+    "TeamContext",
+    "TeamBrokenError",
+    "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
     "shared_struct",
+    "team",
 ]

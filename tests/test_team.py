@@ -1,0 +1,158 @@
+"""team(): collectives, results in rank order, and failing promptly when a member fails."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import conveyor
+from conveyor import TeamBrokenError, TeamContext, TeamMemberLostError
+
+
+def collectives(ctx: TeamContext, scale: int) -> tuple[object, ...]:
+    ctx.barrier()
+    b = ctx.broadcast({"from": ctx.rank} if ctx.rank == 1 else None, root=1)
+    g = ctx.gather(ctx.rank * scale)
+    s = ctx.allreduce(ctx.rank + 1)
+    p = ctx.allreduce(ctx.rank + 1, op="prod")
+    mn = ctx.allreduce(np.array([ctx.rank, -ctx.rank]), op="min")
+    arr = ctx.allreduce(np.full(3, float(ctx.rank)))
+    cat = ctx.allreduce([ctx.rank], op=_concat)
+    return ctx.rank, ctx.size, b, g, s, p, mn.tolist(), arr.tolist(), cat
+
+
+def _concat(a: list[int], b: list[int]) -> list[int]:
+    return a + b
+
+
+def test_collectives(start_method: str) -> None:
+    out = conveyor.team(3, collectives, 10, start_method=start_method)
+    for rank, row in enumerate(out):
+        assert row == (rank, 3, {"from": 1}, [0, 10, 20], 6, 6, [0, -2], [3.0] * 3, [0, 1, 2])
+
+
+def test_closures_and_shared_arrays_reach_members() -> None:
+    offset = 5
+    with conveyor.SharedArray(4, "int64") as a:
+
+        def write(ctx: TeamContext) -> int:
+            a[ctx.rank] = ctx.rank + offset
+            ctx.barrier()
+            return int(a.array.sum())
+
+        assert conveyor.team(4, write, start_method="spawn") == [26] * 4
+        assert a.array.tolist() == [5, 6, 7, 8]
+
+
+def test_block_partitions_the_range() -> None:
+    parts = [TeamContext(r, 3, None).block(10) for r in range(3)]  # type: ignore[arg-type]
+    assert [list(p) for p in parts] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+
+
+def raise_in_one(ctx: TeamContext, seen: conveyor.SharedArray) -> None:
+    if ctx.rank == 1:
+        time.sleep(0.2)
+        raise ValueError("boom in rank 1")
+    try:
+        ctx.barrier()
+    except TeamBrokenError as exc:
+        seen[ctx.rank] = 1 + (exc.failed_rank or 0)
+        raise
+
+
+def test_member_error_breaks_the_barrier_and_reaches_the_parent(start_method: str) -> None:
+    with conveyor.SharedArray(3, "int64") as seen:
+        with pytest.raises(ValueError, match="boom in rank 1") as info:
+            conveyor.team(3, raise_in_one, seen, start_method=start_method)
+        cause = info.value.__cause__
+        assert isinstance(cause, conveyor.RemoteTraceback)
+        assert "raise_in_one" in str(cause)
+        # The waiting members failed with TeamBrokenError naming rank 1 (stored as 1 + 1).
+        assert seen.array.tolist() == [2, 0, 2]
+
+
+def kill_one(ctx: TeamContext) -> None:
+    if ctx.rank == 0:
+        os.kill(os.getpid(), 9)
+    ctx.barrier()
+
+
+def test_member_death_breaks_the_barrier(start_method: str) -> None:
+    with pytest.raises(TeamMemberLostError) as info:
+        conveyor.team(2, kill_one, start_method=start_method)
+    assert info.value.rank == 0 and info.value.signal_name == "SIGKILL"
+
+
+def slow_member(ctx: TeamContext) -> None:
+    if ctx.rank == 1:
+        time.sleep(0.5)
+        ctx.barrier()
+    else:
+        ctx.barrier(timeout=0.1)
+
+
+def test_barrier_timeout_breaks_the_team() -> None:
+    with pytest.raises(TeamBrokenError, match=r"timed out after 0\.1 s in barrier"):
+        conveyor.team(2, slow_member)
+
+
+def mismatched(ctx: TeamContext) -> None:
+    if ctx.rank == 0:
+        ctx.barrier()
+    else:
+        ctx.gather(1)
+
+
+def test_mismatched_collectives_are_reported() -> None:
+    with pytest.raises(TeamBrokenError, match=r"rank 0 called barrier\(\), rank 1 called gather"):
+        conveyor.team(2, mismatched)
+
+
+def returns_early(ctx: TeamContext) -> int:
+    if ctx.rank == 0:
+        ctx.barrier()
+    return ctx.rank
+
+
+def test_member_returning_while_others_wait() -> None:
+    with pytest.raises(TeamBrokenError, match="rank 1"):
+        conveyor.team(2, returns_early)
+
+
+def test_bad_size() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        conveyor.team(0, returns_early)
+
+
+def test_ctrl_c_stops_every_member() -> None:
+    code = textwrap.dedent("""
+        import os, signal, threading, conveyor
+
+        def spin(ctx, a):
+            while True:
+                ctx.barrier()
+                a[ctx.rank] += 1
+
+        if __name__ == "__main__":
+            a = conveyor.SharedArray(2, "int64")
+            print(a.name, flush=True)
+            threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+            conveyor.team(2, spin, a)
+    """)
+    path = "/tmp/conveyor_team_ctrl_c.py"
+    with open(path, "w") as f:
+        f.write(code)
+    try:
+        r = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(path)
+    assert "KeyboardInterrupt" in r.stderr
+    assert r.returncode != 0
+    name = r.stdout.strip()
+    assert name and not os.path.exists(f"/dev/shm/{name}")
