@@ -21,9 +21,9 @@ from conveyor._shared_common import SegmentLock as SegmentLock
 from conveyor._shared_dict import SharedDict as SharedDict
 from conveyor._shared_dict import SharedList as SharedList
 from conveyor._struct import SharedFieldArray as SharedFieldArray
+from conveyor._struct import shared_struct as shared_struct
 from conveyor._team import TeamContext as TeamContext
 from conveyor._team import team as team
-from conveyor._struct import shared_struct as shared_struct
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
 from conveyor.errors import ChannelClosed as ChannelClosed

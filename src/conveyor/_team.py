@@ -208,7 +208,7 @@ def team(n: int, fn: Callable[..., R], *args: Any, start_method: str | None = No
     """
     if n < 1:
         raise ValueError(f"a team needs at least one member; got n={n}")
-    mp = multiprocessing.get_context(start_method)
+    mp: Any = multiprocessing.get_context(start_method)
     payload = _dumps((fn, args))
     conns: dict[int, multiprocessing.connection.Connection] = {}
     procs: dict[int, Any] = {}
@@ -310,6 +310,7 @@ def _coordinate(
             return
         kind = kinds[0]
         parts = [pending[r][1] for r in range(n)]
+        replies: list[Any]
         if kind == "barrier":
             replies = [None] * n
         elif kind == "broadcast":
