@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,3 +28,14 @@ def test_example_runs(name: str) -> None:
     for expected in CASES[name]:
         assert expected in r.stdout, r.stdout
     assert "Traceback" not in r.stderr and "leaked" not in r.stderr, r.stderr
+
+
+def test_demo_runs() -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", "from conveyor._demo_shared import run; run()"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "Progress(done=12000" in r.stdout
+    assert "same result" in r.stdout and "faster" in r.stdout
+    assert re.search(r"Jacobi, \d+ processes: 100%", r.stderr), r.stderr  # the live bar
