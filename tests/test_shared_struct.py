@@ -234,3 +234,25 @@ def test_lock_release_by_non_owner_fails() -> None:
         with s.lock, s.lock:
             assert s.lock.locked_by_me()
         assert not s.lock.locked_by_me()
+
+
+class Job(conveyor.SharedStruct):
+    done: int
+    name: Annotated[str, 12] = "job"
+    at: Point
+
+
+def _finish(job: Job) -> str:
+    job.add("done", 2)
+    job.at.x = 7
+    return job.name
+
+
+def test_base_class_form_works_across_processes(start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    with Job(name="render") as job, concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=ctx
+    ) as ex:
+        assert ex.submit(_finish, job).result() == "render"
+        assert (job.done, job.at.x, job.at.y) == (2, 7, 1.5)
+        assert repr(job) == "Job(done=2, name='render', at=Point(x=7, y=1.5))"

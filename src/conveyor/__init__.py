@@ -21,6 +21,7 @@ from conveyor._shared_common import SegmentLock as SegmentLock
 from conveyor._shared_dict import SharedDict as SharedDict
 from conveyor._shared_dict import SharedList as SharedList
 from conveyor._struct import SharedFieldArray as SharedFieldArray
+from conveyor._struct import SharedStruct as SharedStruct
 from conveyor._struct import shared_struct as shared_struct
 from conveyor._team import TeamContext as TeamContext
 from conveyor._team import team as team
@@ -55,6 +56,7 @@ __all__ = [
     "SharedDict",
     "SharedFieldArray",
     "SharedList",
+    "SharedStruct",
     "SharedValue",
     "TaskTimeoutError",
     "TeamContext",

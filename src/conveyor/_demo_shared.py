@@ -16,7 +16,7 @@ import time
 from typing import Annotated, Any
 
 from conveyor._shared_array import SharedArray
-from conveyor._struct import shared_struct
+from conveyor._struct import SharedStruct
 from conveyor._team import TeamContext, team
 
 TASKS_PER_WORKER = 3000
@@ -25,8 +25,7 @@ GRID = 1500
 STEPS = 150
 
 
-@shared_struct
-class Progress:
+class Progress(SharedStruct):
     done: int
     busy_seconds: float
     largest: int

@@ -23,7 +23,7 @@ import operator
 import struct
 import typing
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from conveyor._shared_common import SegmentLock, create_segment
 from conveyor._shm import Segment
@@ -410,6 +410,8 @@ def shared_struct(cls: type[T]) -> type[T]:
             stats.seconds += 0.5
             stats.last = "job 7"
     """
+    if "__conveyor_layout__" in cls.__dict__:
+        return cls  # a SharedStruct subclass, already built by __init_subclass__
     hints = typing.get_type_hints(cls, include_extras=True)
     fields: list[_Field] = []
     defaults: dict[str, Any] = {}
@@ -437,8 +439,9 @@ def shared_struct(cls: type[T]) -> type[T]:
         desc = _NestedDescriptor(field) if isinstance(field, _NestedField) else _Descriptor(field)
         setattr(cls, field.name, desc)
     cls.__conveyor_layout__ = layout  # type: ignore[attr-defined]
-    for attr, value in _METHODS.items():
-        setattr(cls, attr, value)
+    if not issubclass(cls, SharedStruct):
+        for attr, value in _METHODS.items():
+            setattr(cls, attr, value)
     return cls
 
 
@@ -607,3 +610,47 @@ _METHODS: dict[str, Callable[..., Any] | property | None] = {
     "closed": property(_closed),
     "segment_name": property(_segment_name),
 }
+
+
+class SharedStruct:
+    """Base class: the same as ``@shared_struct``, and type checkers see the struct API.
+
+    Subclasses are built when they are defined; their instances have ``lock``, ``add``,
+    ``compare_and_set``, ``update``, ``asdict``, ``close`` and ``with`` support.
+
+    Example::
+
+        class Stats(conveyor.SharedStruct):
+            processed: int
+            seconds: float
+
+        with Stats() as stats:
+            stats.add("processed", 1)
+    """
+
+    __conveyor_layout__: ClassVar[Layout]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        shared_struct(cls)
+
+    __init__ = _init
+    __setattr__ = _setattr
+    __repr__ = _repr
+    __eq__ = _eq
+    __hash__ = None  # type: ignore[assignment]
+    __reduce__ = _reduce
+    lock = property(_lock, doc="The instance's reentrant, process-safe lock.")
+    closed = property(_closed)
+    segment_name = property(_segment_name)
+    add = _add
+    compare_and_set = _compare_and_set
+    update = _update
+    asdict = _asdict
+    close = _close
+
+    def __enter__(self: T) -> T:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
