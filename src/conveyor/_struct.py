@@ -10,9 +10,11 @@ process that holds the instance sees every write at once. Layout (8-byte aligned
     Annotated[list[int], n] / Annotated[list[float], n]    n int64 / float64 items
     another shared struct  its own layout, inline
 
-Single reads and writes of one field are not locked (a torn read of a float is impossible
-on the platforms we support, since aligned 8-byte stores are atomic there); compound
-updates take ``instance.lock`` (see :class:`conveyor._shared_common.SegmentLock`).
+Reads and writes of an int, float or bool field are not locked: they are single aligned
+8-byte accesses, which x86-64 and aarch64 perform atomically. Reading or writing a str or
+bytes field, or assigning a whole array or nested struct, takes the instance's lock so no
+process sees half a value. Compound updates (read, compute, write) need ``instance.lock``
+(see :class:`conveyor._shared_common.SegmentLock`) or the atomic helpers.
 Pickling sends a handle (class, segment name, offset) and re-attaches on the other side.
 """
 
@@ -45,6 +47,9 @@ def _align(n: int) -> int:
 class _Field:
     size = 8
     kind = "?"
+    # Wider than one aligned 8-byte word: reads and writes take the lock, so another
+    # process never sees half of an old value and half of a new one.
+    torn = False
 
     def __init__(self, owner: str, name: str) -> None:
         self.owner = owner
@@ -134,6 +139,8 @@ class _BoolField(_Field):
 
 
 class _TextField(_Field):
+    torn = True
+
     def __init__(self, owner: str, name: str, capacity: int, is_str: bool) -> None:
         super().__init__(owner, name)
         self.capacity = capacity
@@ -215,6 +222,8 @@ class SharedFieldArray:
 
 
 class _ArrayField(_Field):
+    torn = True
+
     def __init__(self, owner: str, name: str, item_type: type, length: int) -> None:
         super().__init__(owner, name)
         self.item_type = item_type
@@ -250,6 +259,8 @@ class _ArrayField(_Field):
 
 
 class _NestedField(_Field):
+    torn = True
+
     def __init__(self, owner: str, name: str, cls: type) -> None:
         super().__init__(owner, name)
         self.cls = cls
@@ -339,6 +350,16 @@ class _Descriptor:
 
     def __set__(self, obj: Any, value: Any) -> None:
         self.field.set(obj._cv_buf, obj._cv_base, value)
+
+
+class _LockedDescriptor(_Descriptor):
+    __slots__ = ()
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        with obj._cv_root.lock:
+            return self.field.get(obj._cv_buf, obj._cv_base)
 
 
 class _NestedDescriptor(_Descriptor):
@@ -436,7 +457,13 @@ def shared_struct(cls: type[T]) -> type[T]:
     probe.release()
 
     for field in fields:
-        desc = _NestedDescriptor(field) if isinstance(field, _NestedField) else _Descriptor(field)
+        desc: _Descriptor
+        if isinstance(field, _NestedField):
+            desc = _NestedDescriptor(field)
+        elif isinstance(field, _TextField):
+            desc = _LockedDescriptor(field)
+        else:
+            desc = _Descriptor(field)
         setattr(cls, field.name, desc)
     cls.__conveyor_layout__ = layout  # type: ignore[attr-defined]
     if not issubclass(cls, SharedStruct):
@@ -481,7 +508,11 @@ def _setattr(self: Any, name: str, value: Any) -> None:
             f"{type(self).__name__} has no shared field {name!r}; declare it in the class "
             "body so every process sees it"
         )
-    field.set(self._cv_buf, self._cv_base, value)
+    if field.torn:
+        with self._cv_root.lock:
+            field.set(self._cv_buf, self._cv_base, value)
+    else:
+        field.set(self._cv_buf, self._cv_base, value)
 
 
 def _lock(self: Any) -> SegmentLock:
