@@ -43,6 +43,11 @@ from conveyor._shm import SHM_DIR, Segment
 # off_t l_len, pid_t l_pid, padding. l_pid must be 0 for OFD locks.
 _FLOCK = struct.Struct("hhqqi4x")
 
+_fcntl = fcntl.fcntl
+_OFD_SETLKW = fcntl.F_OFD_SETLKW
+_OFD_SETLK = fcntl.F_OFD_SETLK
+_get_ident = threading.get_ident
+
 _swept = False
 _sweep_lock = threading.Lock()
 
@@ -137,31 +142,36 @@ class SegmentLock:
             self._fd = -1  # the owner already unlinked it; using the lock will say so
         self._finalizer = weakref.finalize(self, _close_fd, self._fd)
 
-    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+    def acquire(self, blocking: bool = True, timeout: float | None = -1) -> bool:
         """Acquire; like :meth:`threading.RLock.acquire`. Returns False on timeout."""
-        me = threading.get_ident()
+        me = _get_ident()
         if self._owner == me:
             self._depth += 1
             return True
         if self._fd < 0:
             raise ValueError(f"the lock of segment {self.segment_name!r} is closed")
-        deadline = None if timeout is None or timeout < 0 else time.monotonic() + timeout
-        if not blocking:
-            deadline = time.monotonic()
-        if deadline is None:
+        if blocking and (timeout is None or timeout < 0):
             self._thread_lock.acquire()
-        elif not self._thread_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            try:
+                # Sleeps in the kernel; Ctrl-C interrupts it (EINTR, then the handler).
+                _fcntl(self._fd, _OFD_SETLKW, self._lock_args)
+            except BaseException:
+                self._thread_lock.release()
+                raise
+            self._owner = me
+            self._depth = 1
+            return True
+        deadline = time.monotonic() + (max(0.0, timeout) if blocking and timeout else 0.0)
+        if not self._thread_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         try:
-            if deadline is None:
-                # Sleeps in the kernel; Ctrl-C interrupts it (EINTR, then the handler).
-                fcntl.fcntl(self._fd, fcntl.F_OFD_SETLKW, self._lock_args)
-            elif not self._try_until(deadline):
-                self._thread_lock.release()
-                return False
+            got = self._try_until(deadline)
         except BaseException:
             self._thread_lock.release()
             raise
+        if not got:
+            self._thread_lock.release()
+            return False
         self._owner = me
         self._depth = 1
         return True
@@ -171,7 +181,7 @@ class SegmentLock:
         pause = 0.0001
         while True:
             try:
-                fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._lock_args)
+                _fcntl(self._fd, _OFD_SETLK, self._lock_args)
                 return True
             except (BlockingIOError, PermissionError):
                 pass
@@ -183,14 +193,14 @@ class SegmentLock:
 
     def release(self) -> None:
         """Release one level of ownership; raises RuntimeError if not held by this thread."""
-        if self._owner != threading.get_ident():
+        if self._owner != _get_ident():
             raise RuntimeError("cannot release a shared lock this thread does not hold")
         self._depth -= 1
         if self._depth:
             return
         self._owner = None
         try:
-            fcntl.fcntl(self._fd, fcntl.F_OFD_SETLK, self._unlock_args)
+            _fcntl(self._fd, _OFD_SETLK, self._unlock_args)
         finally:
             self._thread_lock.release()
 
@@ -208,6 +218,10 @@ class SegmentLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+    def locked(self) -> bool:
+        """Whether some thread of this process holds the lock (as ``threading.Lock``)."""
+        return self._owner is not None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (SegmentLock, (self.segment_name, self.offset))

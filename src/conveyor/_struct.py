@@ -303,6 +303,7 @@ class Layout:
             offset += _align(f.size)
         self.size = max(offset, 8)
         self.signature = tuple((f.name, f.kind) for f in fields)
+        self.numeric = {f.name: f for f in fields if isinstance(f, (_IntField, _FloatField))}
 
     def write(self, buf: memoryview, base: int, values: dict[str, Any]) -> None:
         for name, value in values.items():
@@ -521,10 +522,16 @@ def _lock(self: Any) -> SegmentLock:
 
 def _add(self: Any, field_name: str, delta: float = 1) -> Any:
     """Atomically add ``delta`` to a numeric field; returns the new value."""
-    field = _numeric(self, field_name)
-    with self._cv_root.lock:
-        new = field.get(self._cv_buf, self._cv_base) + delta
-        field.set(self._cv_buf, self._cv_base, new)
+    field = type(self).__conveyor_layout__.numeric.get(field_name)
+    if field is None:
+        _numeric(self, field_name)  # raises the right error
+    buf, base, lock = self._cv_buf, self._cv_base, self._cv_root.lock
+    lock.acquire()
+    try:
+        new = field.get(buf, base) + delta
+        field.set(buf, base, new)
+    finally:
+        lock.release()
     return new
 
 
