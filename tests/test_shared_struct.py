@@ -6,6 +6,9 @@ import concurrent.futures
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import cloudpickle
@@ -201,30 +204,47 @@ def _count(c: conveyor.SharedCounter) -> None:
         c.increment()
 
 
-def _hold(lock_owner: Stats, ready: conveyor.SharedCounter) -> None:
-    with lock_owner.lock:
+HOLD_AND_KILL = """
+import multiprocessing, os, sys
+import conveyor
+
+class Box(conveyor.SharedStruct):
+    n: int
+
+def hold(box, ready):
+    with box.lock:
         ready.increment()
         while True:
             os.sched_yield()
 
-
-def test_lock_excludes_other_processes(start_method: str) -> None:
-    ctx = multiprocessing.get_context(start_method)
-    with Stats() as s, conveyor.SharedCounter() as ready:
-        p = ctx.Process(target=_hold, args=(s, ready))
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context(sys.argv[1])
+    with Box() as box, conveyor.SharedCounter() as ready:
+        p = ctx.Process(target=hold, args=(box, ready))
         p.start()
-        try:
-            while ready.value == 0:
-                assert p.is_alive()
-            assert not s.lock.acquire(timeout=0.05)
-            assert not s.lock.acquire(blocking=False)
-            p.kill()  # the kernel releases the dead holder's lock
-            p.join()
-            assert s.lock.acquire(timeout=10)
-            s.lock.release()
-        finally:
-            p.kill()
-            p.join()
+        while ready.value == 0:
+            assert p.is_alive()
+        assert not box.lock.acquire(timeout=0.05), "a held lock was acquired"
+        assert not box.lock.acquire(blocking=False), "a held lock was acquired"
+        p.kill()  # the kernel releases the dead holder's lock
+        p.join()
+        assert box.lock.acquire(timeout=10), "the dead holder's lock stayed held"
+        box.lock.release()
+        print("ok", box.segment_name)
+"""
+
+
+def test_lock_excludes_other_processes_and_dies_with_its_holder(
+    start_method: str, tmp_path: Path
+) -> None:
+    script = tmp_path / "hold_and_kill.py"
+    script.write_text(HOLD_AND_KILL)
+    r = subprocess.run(
+        [sys.executable, str(script), start_method], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    word, name = r.stdout.split()
+    assert word == "ok" and not segment_exists(name)
 
 
 def test_lock_release_by_non_owner_fails() -> None:
