@@ -31,6 +31,7 @@ import multiprocessing
 import multiprocessing.connection
 import operator
 import pickle
+import selectors
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -251,8 +252,6 @@ def _coordinate(
     failure: _Failure | None = None
     broken: tuple[int | None, str] | None = None
     broken_at = 0.0
-    by_conn = {c: r for r, c in conns.items()}
-    by_sentinel = {procs[r].sentinel: r for r in procs}
 
     def break_team(rank: int | None, why: str) -> None:
         nonlocal broken, broken_at
@@ -332,38 +331,50 @@ def _coordinate(
             with contextlib.suppress(OSError):  # a member that died is noticed by its sentinel
                 conns[r].send(("ok", replies[r]))
 
-    while len(finished) < n:
-        waitables: list[Any] = [conns[r] for r in range(n) if r not in finished]
-        waitables += [procs[r].sentinel for r in range(n) if r not in finished]
-        timeout = None
-        if broken is not None:
-            timeout = max(0.0, broken_at + BROKEN_GRACE - time.monotonic())
-        ready = multiprocessing.connection.wait(waitables, timeout)
-        if not ready and broken is not None:
-            break  # members still computing after the grace period: the caller terminates them
-        for obj in ready:
-            if obj in by_conn:
-                rank = by_conn[obj]
-                if rank in finished:
-                    continue
-                try:
-                    msg = obj.recv()
-                except (EOFError, OSError):
-                    continue  # it died; its sentinel tells us how
-                handle(rank, msg)
-            else:
-                rank = by_sentinel[obj]
+    # One selector for the whole run: building one per wake-up (as connection.wait does)
+    # costs more than the barrier round trip itself.
+    with selectors.DefaultSelector() as sel:
+        for r in range(n):
+            sel.register(conns[r].fileno(), selectors.EVENT_READ, ("conn", r))
+            sel.register(procs[r].sentinel, selectors.EVENT_READ, ("sentinel", r))
+
+        def forget(rank: int) -> None:
+            for fd in (conns[rank].fileno(), procs[rank].sentinel):
+                with contextlib.suppress(KeyError, ValueError):
+                    sel.unregister(fd)
+
+        while len(finished) < n:
+            timeout = None
+            if broken is not None:
+                timeout = max(0.0, broken_at + BROKEN_GRACE - time.monotonic())
+            events = sel.select(timeout)
+            if not events and broken is not None:
+                break  # members still computing after the grace period: the caller ends them
+            for key, _ in events:
+                what, rank = key.data
                 if rank in finished:
                     continue
                 conn = conns[rank]
-                with contextlib.suppress(EOFError, OSError):
-                    while rank not in finished and conn.poll():
-                        handle(rank, conn.recv())  # its last words, sent before it exited
-                if rank not in finished:
-                    proc = procs[rank]
-                    proc.join()
-                    finished.add(rank)
-                    fail(rank, TeamMemberLostError(rank, proc.pid, proc.exitcode), None)
+                if what == "conn":
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        # It died; its sentinel says how. Stop watching the dead pipe.
+                        with contextlib.suppress(KeyError, ValueError):
+                            sel.unregister(conn.fileno())
+                        continue
+                    handle(rank, msg)
+                else:
+                    with contextlib.suppress(EOFError, OSError):
+                        while rank not in finished and conn.poll():
+                            handle(rank, conn.recv())  # its last words, sent before it exited
+                    if rank not in finished:
+                        proc = procs[rank]
+                        proc.join()
+                        finished.add(rank)
+                        fail(rank, TeamMemberLostError(rank, proc.pid, proc.exitcode), None)
+                if rank in finished:
+                    forget(rank)
     return results, failure
 
 
