@@ -172,3 +172,33 @@ def test_ctrl_c_stops_every_member() -> None:
     assert r.returncode != 0
     name = r.stdout.strip()
     assert name and not os.path.exists(f"/dev/shm/{name}")
+
+
+def lockstep(ctx: TeamContext, steps: conveyor.SharedArray, rounds: int) -> int:
+    behind = 0
+    for step in range(1, rounds + 1):
+        steps[ctx.rank] = step
+        ctx.barrier()
+        # Nobody may leave a barrier before everyone reached it.
+        behind += int((steps.array < step).sum())
+        ctx.barrier()
+    return behind
+
+
+@pytest.mark.parametrize("members", [2, 5])  # 5 > cores: waiters sleep instead of spinning
+def test_barrier_keeps_members_in_lockstep(members: int) -> None:
+    with conveyor.SharedArray(members, "int64") as steps:
+        assert conveyor.team(members, lockstep, steps, 300) == [0] * members
+        assert steps.array.tolist() == [300] * members
+
+
+def die_while_others_sleep(ctx: TeamContext) -> None:
+    if ctx.rank == 2:
+        time.sleep(0.3)  # the others are asleep in the barrier by now
+        os._exit(3)
+    ctx.barrier()
+
+
+def test_exit_while_others_sleep_in_the_barrier() -> None:
+    with pytest.raises(conveyor.TeamMemberLostError, match="rank 2 .* exited with code 3"):
+        conveyor.team(3, die_while_others_sleep)

@@ -2,22 +2,26 @@
 
 Data flow::
 
-    parent (coordinator)                         member rank r  (fn(ctx, *args))
-    ────────────────────                         ─────────────────────────────────
-    wait(pipes + sentinels)  <── ("barrier", …)  ctx.barrier()      blocks on its pipe
-      all n arrived?  ──────────> ("ok", value) ─> returns
-      a member raised  <──────── ("error", exc, traceback)
+    parent (coordinator)                          member rank r  (fn(ctx, *args))
+    ────────────────────                          ─────────────────────────────────
+                        team segment (shared) <── ctx.barrier(): arrive, spin, sleep on
+                        count, generation,           its wake-up pipe; the last arrival
+                        broken flag + reason         wakes the others (no parent hop)
+    selector(pipes + sentinels) <── ("gather", …) ctx.gather/broadcast/allreduce()
+      all n arrived?  ───────────> ("ok", value) ─> returns
+      a member raised  <────────── ("error", exc, traceback)
       a sentinel fired (death)
-        └─> every waiter gets ("broken", rank, why) ─> raises TeamBrokenError
-    results in rank order  <───── ("result", value)
+        └─> broken flag + wake-ups, ("broken", rank, why) ─> TeamBrokenError
+    results in rank order  <────── ("result", value)
 
-The parent is the coordinator of every collective (barrier, broadcast, gather,
-allreduce): members send their part on their own pipe and block until the parent replies.
-Because the parent also waits on every member's process sentinel, a member that raises or
-dies breaks the team at once: the members waiting (now or later) in a collective fail with
+The barrier lives in shared memory (:mod:`conveyor._team_state`), because it carries no
+data and users call it once per step. Collectives that carry data go through the parent:
+members send their part on their own pipe and block until the parent replies. Because the
+parent also waits on every member's process sentinel, a member that raises or dies breaks
+the team at once: the members waiting (now or later) in a collective fail with
 :class:`TeamBrokenError` naming the culprit instead of waiting forever, which is what a
-``multiprocessing.Barrier`` does when a party never arrives. A member killed while waiting
-cannot leave a lock held, since there is no shared lock.
+``multiprocessing.Barrier`` does when a party never arrives. A member killed while holding
+the team segment's lock cannot block the others: the kernel releases that lock.
 
 The parent then raises the first member's original exception, with the member's traceback
 attached as ``__cause__`` (:class:`conveyor.RemoteTraceback`), or
@@ -30,6 +34,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import operator
+import os
 import pickle
 import selectors
 import time
@@ -40,6 +45,8 @@ from typing import Any, TypeVar
 
 import cloudpickle
 
+from conveyor._shm import Segment
+from conveyor._team_state import SPIN_SECONDS, TeamState
 from conveyor.errors import RemoteTraceback, TeamBrokenError, TeamMemberLostError
 
 R = TypeVar("R")
@@ -47,6 +54,7 @@ R = TypeVar("R")
 # After the team breaks, members busy computing get this long to reach a collective
 # (where they learn of it) or finish, before they are terminated.
 BROKEN_GRACE = 2.0
+MISMATCH_POLL = 0.05
 
 _OPS: dict[str, Callable[[Any, Any], Any]] = {
     "sum": operator.add,
@@ -71,10 +79,21 @@ class TeamContext:
             total = ctx.allreduce(local_sum)  # the same total in every member
     """
 
-    def __init__(self, rank: int, size: int, conn: multiprocessing.connection.Connection) -> None:
+    def __init__(
+        self,
+        rank: int,
+        size: int,
+        conn: multiprocessing.connection.Connection,
+        state: TeamState | None = None,
+        wake: multiprocessing.connection.Connection | None = None,
+    ) -> None:
         self.rank = rank
         self.size = size
         self._conn = conn
+        self._state = state
+        self._wake = wake
+        # Spinning only helps when every member has a core to spin on.
+        self._spin = SPIN_SECONDS if size <= (os.cpu_count() or 1) else 0.0
 
     def _collective(self, kind: str, payload: Any, timeout: float | None = None) -> Any:
         self._conn.send((kind, payload))
@@ -96,7 +115,8 @@ class TeamContext:
         Raises :class:`TeamBrokenError` at once if a member failed, and also (breaking the
         team for the others, like ``threading.Barrier``) after ``timeout`` seconds.
         """
-        self._collective("barrier", None, timeout)
+        assert self._state is not None and self._wake is not None
+        self._state.wait(self.rank, self._wake, timeout, self._spin)
 
     def broadcast(self, value: Any = None, root: int = 0) -> Any:
         """Every member returns ``value`` as given by member ``root`` (others pass anything)."""
@@ -150,9 +170,17 @@ def _dumps(obj: Any) -> bytes:
 
 
 def _member_main(
-    rank: int, size: int, payload: bytes, conn: multiprocessing.connection.Connection
+    rank: int,
+    size: int,
+    payload: bytes,
+    conn: multiprocessing.connection.Connection,
+    state_name: str,
+    wake: multiprocessing.connection.Connection,
+    wake_all: list[multiprocessing.connection.Connection],
 ) -> None:
-    ctx = TeamContext(rank, size, conn)
+    state = TeamState(Segment.attach(state_name), size, wake_all)
+    os.set_blocking(wake.fileno(), False)
+    ctx = TeamContext(rank, size, conn, state, wake)
     try:
         try:
             fn, args = pickle.loads(payload)
@@ -178,6 +206,7 @@ def _member_main(
         pass  # the parent is gone; nobody is left to tell
     finally:
         conn.close()
+        state.close()
 
 
 @dataclass
@@ -213,19 +242,23 @@ def team(n: int, fn: Callable[..., R], *args: Any, start_method: str | None = No
     payload = _dumps((fn, args))
     conns: dict[int, multiprocessing.connection.Connection] = {}
     procs: dict[int, Any] = {}
+    wake_pipes = [mp.Pipe(duplex=False) for _ in range(n)]  # (read end, write end)
+    wake_all = [w for _, w in wake_pipes]
+    state = TeamState.create(n, wake_all)
     try:
         for rank in range(n):
             parent_end, child_end = mp.Pipe(duplex=True)
             proc = mp.Process(
                 target=_member_main,
-                args=(rank, n, payload, child_end),
+                args=(rank, n, payload, child_end, state.seg.name, wake_pipes[rank][0], wake_all),
                 name=f"conveyor-team-{rank}",
                 daemon=True,
             )
             proc.start()
             child_end.close()
+            wake_pipes[rank][0].close()
             conns[rank], procs[rank] = parent_end, proc
-        results, failure = _coordinate(n, conns, procs)
+        results, failure = _coordinate(n, conns, procs, state)
     finally:
         for proc in procs.values():
             if proc.is_alive():
@@ -235,6 +268,10 @@ def team(n: int, fn: Callable[..., R], *args: Any, start_method: str | None = No
             proc.close()
         for conn in conns.values():
             conn.close()
+        for r, w in wake_pipes:
+            r.close()
+            w.close()
+        state.close()
     if failure is not None:
         exc = failure.exc
         raise exc
@@ -245,6 +282,7 @@ def _coordinate(
     n: int,
     conns: dict[int, multiprocessing.connection.Connection],
     procs: dict[int, Any],
+    state: TeamState,
 ) -> tuple[dict[int, Any], _Failure | None]:
     results: dict[int, Any] = {}
     finished: set[int] = set()
@@ -257,6 +295,7 @@ def _coordinate(
         nonlocal broken, broken_at
         if broken is None:
             broken, broken_at = (rank, why), time.monotonic()
+            state.break_team(rank, why)
         for r in list(pending):
             with contextlib.suppress(OSError):
                 conns[r].send(("broken", broken[0], broken[1]))
@@ -280,6 +319,7 @@ def _coordinate(
         if kind == "result":
             results[rank] = pickle.loads(msg[1])
             finished.add(rank)
+            state.set_finished(rank)
             if pending:
                 break_team(rank, f"returned while rank(s) {sorted(pending)} wait in "
                                  f"{next(iter(pending.values()))[0]}()")
@@ -347,6 +387,17 @@ def _coordinate(
             timeout = None
             if broken is not None:
                 timeout = max(0.0, broken_at + BROKEN_GRACE - time.monotonic())
+            elif pending:
+                # Members blocked here while others wait in the shared-memory barrier would
+                # wait forever; look for that mismatch now and then.
+                timeout = MISMATCH_POLL
+                in_barrier = [r for r in state.waiting_in_current_barrier() if r not in pending]
+                if in_barrier:
+                    calls = {r: "barrier()" for r in in_barrier}
+                    calls.update({r: _describe(k, p) for r, (k, p) in pending.items()})
+                    detail = ", ".join(f"rank {r} called {c}" for r, c in sorted(calls.items()))
+                    break_team(None, f"called different collectives ({detail})")
+                    continue
             events = sel.select(timeout)
             if not events and broken is not None:
                 break  # members still computing after the grace period: the caller ends them
