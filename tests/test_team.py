@@ -200,5 +200,5 @@ def die_while_others_sleep(ctx: TeamContext) -> None:
 
 
 def test_exit_while_others_sleep_in_the_barrier() -> None:
-    with pytest.raises(conveyor.TeamMemberLostError, match="rank 2 .* exited with code 3"):
+    with pytest.raises(conveyor.TeamMemberLostError, match=r"rank 2 .* exited with code 3"):
         conveyor.team(3, die_while_others_sleep)
