@@ -202,3 +202,35 @@ def die_while_others_sleep(ctx: TeamContext) -> None:
 def test_exit_while_others_sleep_in_the_barrier() -> None:
     with pytest.raises(conveyor.TeamMemberLostError, match=r"rank 2 .* exited with code 3"):
         conveyor.team(3, die_while_others_sleep)
+
+
+PARENT_DIES = """
+import os, sys, threading, time
+import conveyor
+
+def member(ctx):
+    os.write(1, f"{os.getpid()}\\n".encode())  # one write: the members share the pipe
+    if ctx.rank == 1:
+        time.sleep(1)  # never reaches the barrier while the parent lives
+        return
+    ctx.barrier()
+
+if __name__ == "__main__":
+    threading.Timer(0.5, os.kill, (os.getpid(), 9)).start()
+    conveyor.team(2, member, start_method=sys.argv[1])
+"""
+
+
+def test_members_waiting_in_a_barrier_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    script = tmp_path / "parent_dies.py"
+    script.write_text(PARENT_DIES)
+    r = subprocess.run(
+        [sys.executable, str(script), "fork"], capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == -9
+    pids = [int(p) for p in r.stdout.split()]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "a member outlived its parent"

@@ -252,7 +252,9 @@ def team(n: int, fn: Callable[..., R], *args: Any, start_method: str | None = No
                 target=_member_main,
                 args=(rank, n, payload, child_end, state.seg.name, wake_pipes[rank][0], wake_all),
                 name=f"conveyor-team-{rank}",
-                daemon=True,
+                # Not daemonic, so a member may start its own pool; this function's
+                # finally-block is what ends members.
+                daemon=False,
             )
             proc.start()
             child_end.close()

@@ -49,6 +49,7 @@ class TeamState:
         self.lock = SegmentLock(seg.name)
         self._wake_conns = wake  # kept open for as long as we may write to them
         self._wake_fds = [c.fileno() for c in wake]
+        self._parent = os.getppid()
         for fd in self._wake_fds:
             os.set_blocking(fd, False)  # a full pipe already means "wake up"
 
@@ -157,6 +158,9 @@ class TeamState:
                     # Marked under the lock, with the generation checked under it too, so
                     # the last arrival cannot miss us.
                     self._set(slot + 8, 1)
+                if os.getppid() != self._parent:
+                    # Nobody is left to break the team if another member dies now.
+                    raise TeamBrokenError(rank, None, "lost the team's parent process")
                 pause = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
                 if wake.poll(min(pause, 1.0)):
                     with contextlib.suppress(BlockingIOError):
