@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import struct
 import time
 from multiprocessing.connection import Connection
@@ -50,6 +51,7 @@ class TeamState:
         self._wake_conns = wake  # kept open for as long as we may write to them
         self._wake_fds = [c.fileno() for c in wake]
         self._parent = os.getppid()
+        self._poller: select.poll | None = None  # the member's wake-up pipe, made on first sleep
         for fd in self._wake_fds:
             os.set_blocking(fd, False)  # a full pipe already means "wake up"
 
@@ -143,6 +145,9 @@ class TeamState:
                     return
                 if self._get(_BROKEN) or self._get(_FINISHED) >= 0:
                     break
+                # Yield, so that a member sharing this core (more processes than cores,
+                # or other work on the machine) can arrive while we spin.
+                os.sched_yield()
             while True:
                 with lock:
                     if self._get(_GEN) != gen:
@@ -162,7 +167,10 @@ class TeamState:
                     # Nobody is left to break the team if another member dies now.
                     raise TeamBrokenError(rank, None, "lost the team's parent process")
                 pause = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-                if wake.poll(min(pause, 1.0)):
+                if self._poller is None:
+                    self._poller = select.poll()
+                    self._poller.register(wake.fileno(), select.POLLIN)
+                if self._poller.poll(min(pause, 1.0) * 1000):
                     with contextlib.suppress(BlockingIOError):
                         os.read(wake.fileno(), 4096)
                 self._set(slot + 8, 0)
