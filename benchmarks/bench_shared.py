@@ -14,6 +14,9 @@ Run: python benchmarks/bench_shared.py            (writes benchmarks/results/sha
 2. Shared struct field updates per second against ``multiprocessing.Value``: an atomic add
    (``s.add("n", 1)`` vs ``with v.get_lock(): v.value += 1``) and a plain store, in one
    process and from 2 processes at once.
+
+Every figure is the best of several runs (see the table's header): the machine may be
+shared, and other load only ever makes a run slower.
 3. ``SharedDict`` operations per second against ``multiprocessing.Manager().dict()``: set,
    get and increment, in one process and from 2 processes at once.
 4. Barrier round trips per second for 2 processes: ``team`` ``ctx.barrier()`` against
@@ -147,6 +150,11 @@ def _value_store(v: Any, n: int) -> None:
 
 
 def rate_in_procs(target: Callable[..., None], obj: Any, n: int, procs: int) -> float:
+    """Best of 3 runs: the machine may be shared, and noise only ever slows a run down."""
+    return max(_rate_once(target, obj, n, procs) for _ in range(3))
+
+
+def _rate_once(target: Callable[..., None], obj: Any, n: int, procs: int) -> float:
     if procs == 1:
         t = time.perf_counter()
         target(obj, n)
@@ -164,13 +172,13 @@ def rate_in_procs(target: Callable[..., None], obj: Any, n: int, procs: int) -> 
 def bench_struct() -> None:
     name = "shared struct field updates"
     print(f"{name}:", flush=True)
-    n = 200_000
+    n = 100_000
     for procs in (1, 2):
         with Counter() as s:
             v = multiprocessing.Value("q", 0)
             ours = rate_in_procs(_struct_add, s, n, procs)
             theirs = rate_in_procs(_value_add, v, n, procs)
-            assert s.n == procs * n and v.value == procs * n
+            assert s.n == 3 * procs * n and v.value == 3 * procs * n  # no update was lost
             row(name, f"atomic add, {procs} proc: struct.add('n', 1)", f"{ours:,.0f} /s",
                 f"{ours / theirs:.2f}x")
             row(name, f"atomic add, {procs} proc: mp.Value + get_lock()", f"{theirs:,.0f} /s")
@@ -205,6 +213,21 @@ def _dict_worker(d: Any, n: int, op: str) -> None:
     _dict_ops(d, n, op)
 
 
+def _dict_rate(d: Any, n: int, op: str, procs: int) -> float:
+    if procs == 1:
+        t = time.perf_counter()
+        _dict_ops(d, n, op)
+        return n / (time.perf_counter() - t)
+    ctx = multiprocessing.get_context("fork")
+    ps = [ctx.Process(target=_dict_worker, args=(d, n, op)) for _ in range(procs)]
+    t = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    return procs * n / (time.perf_counter() - t)
+
+
 def bench_dict() -> None:
     name = "dict operations"
     print(f"{name}:", flush=True)
@@ -215,20 +238,8 @@ def bench_dict() -> None:
         for op in ("set", "get", "increment"):
             for procs in (1, 2):
                 rates = {}
-                for label, d, n in [("SharedDict", sd, 100_000), ("Manager().dict()", md, 10_000)]:
-                    if procs == 1:
-                        t = time.perf_counter()
-                        _dict_ops(d, n, op)
-                        rates[label] = n / (time.perf_counter() - t)
-                    else:
-                        ctx = multiprocessing.get_context("fork")
-                        ps = [ctx.Process(target=_dict_worker, args=(d, n, op)) for _ in range(procs)]
-                        t = time.perf_counter()
-                        for p in ps:
-                            p.start()
-                        for p in ps:
-                            p.join()
-                        rates[label] = procs * n / (time.perf_counter() - t)
+                for label, d, n in [("SharedDict", sd, 50_000), ("Manager().dict()", md, 10_000)]:
+                    rates[label] = max(_dict_rate(d, n, op, procs) for _ in range(3))
                 ratio = rates["SharedDict"] / rates["Manager().dict()"]
                 row(name, f"{op}, {procs} proc: SharedDict", f"{rates['SharedDict']:,.0f} /s",
                     f"{ratio:.1f}x")
@@ -258,16 +269,18 @@ def bench_barrier() -> None:
     name = "barrier round trips, 2 processes"
     print(f"{name}:", flush=True)
     n = 20_000
-    ours = min(conveyor.team(2, _team_barriers, n, start_method="fork"))
-    ctx = multiprocessing.get_context("fork")
-    b = ctx.Barrier(2)
-    out = ctx.Array("d", 2)
-    ps = [ctx.Process(target=_mp_barriers, args=(b, n, out, i)) for i in range(2)]
-    for p in ps:
-        p.start()
-    for p in ps:
-        p.join()
-    theirs = min(out[:])
+    ours = theirs = 0.0
+    for _ in range(5):  # best of 5: both sides are sensitive to other load on the machine
+        ours = max(ours, min(conveyor.team(2, _team_barriers, n, start_method="fork")))
+        ctx = multiprocessing.get_context("fork")
+        b = ctx.Barrier(2)
+        out = ctx.Array("d", 2)
+        ps = [ctx.Process(target=_mp_barriers, args=(b, n, out, i)) for i in range(2)]
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        theirs = max(theirs, min(out[:]))
     row(name, "team ctx.barrier()", f"{ours:,.0f} /s", f"{ours / theirs:.2f}x")
     row(name, "multiprocessing.Barrier.wait()", f"{theirs:,.0f} /s")
 
@@ -299,7 +312,7 @@ def main() -> None:
         f"`python benchmarks/bench_shared.py` on {platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, numpy {np.__version__}, joblib {joblib.__version__}, "
         f"{platform.system()} {platform.release()}; total run {time.perf_counter() - started:.0f} s.",
-        "Best of 3 for the 100 MB case, one run for 1 GB; the other rows are one run each.",
+        "Best of 3 runs (barriers: best of 5), except the 1 GB case: one run.",
         "Ratios: time of pickling / time of the method (arrays); our rate / the peer's rate (others).",
         "",
         "| benchmark | method | figure | ratio |",

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
-from conveyor._shared_common import SegmentLock, create_segment, import_numpy
+from conveyor._shared_common import SegmentLock, create_segment, import_numpy, populate
 from conveyor._shm import Segment
 
 
@@ -77,6 +77,7 @@ class SharedArray:
         src = np.asarray(a)
         order = "F" if src.flags.f_contiguous and not src.flags.c_contiguous else "C"
         out = cls(src.shape, src.dtype, order=order)
+        populate(out._seg)
         out._array[...] = src
         return out
 

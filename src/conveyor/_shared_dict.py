@@ -19,6 +19,13 @@ rebuilt compactly if at least half of it is garbage, and otherwise the file is g
 ``ftruncate`` under the lock; the name does not change, so ownership does not either, and
 other processes notice the new ``file_size`` in the header and map the file again.
 
+Consistency: every operation holds the lock, so processes never see each other's partial
+updates. Ctrl-C and SIGTERM are deferred while the structure is being rebuilt. A process
+killed by SIGKILL in the middle of an operation releases the lock (the kernel does) but
+cannot finish the operation: the entry it was writing may be lost or the count off by one,
+and a kill during a rebuild can lose entries. Do not SIGKILL processes mid-update if the
+dict must stay exact.
+
 Dict keys are str, bytes, int, float, bool, None or tuples of these, compared by a
 canonical text form (``repr``), because Python's own ``hash`` differs between processes.
 As in ``dict``, ``1``, ``1.0`` and ``True`` are the same key; it comes back as ``1``.
@@ -27,8 +34,10 @@ As in ``dict``, ``1``, ``1.0`` and ``True`` are the same key; it comes back as `
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import pickle
+import signal
 import struct
 import zlib
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence
@@ -48,6 +57,19 @@ _SLOT = struct.Struct("<QQ")
 (_F_SIZE, _F_COUNT, _F_INDEX, _F_CAP, _F_TOP, _F_GARBAGE, _F_USED) = (8, 16, 24, 32, 40, 48, 56)
 _EMPTY, _DELETED = 0, 1
 _MISSING: Any = object()
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    try:
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    except (OSError, ValueError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _aligned(n: int) -> int:
@@ -169,6 +191,14 @@ class _Store:
         return self._write_entry(kb, vb, extra=len(vb) // 4)
 
     def _rebuild(self, index_cap: int, extra: int = 0) -> None:
+        """Rewrite the structure compactly, with an index of ``index_cap`` slots."""
+        # Halfway through, the index is empty and the entries are being re-inserted: an
+        # interruption there would lose data other processes rely on. Ctrl-C and SIGTERM
+        # wait until it is done (SIGKILL cannot be deferred; see the module notes).
+        with _signals_deferred():
+            self._rebuild_now(index_cap, extra)
+
+    def _rebuild_now(self, index_cap: int, extra: int) -> None:
         raise NotImplementedError
 
     def _reset_heap(self, index_bytes: int, live_bytes: int, extra: int) -> int:
@@ -286,7 +316,7 @@ class SharedDict(_Store, MutableMapping[Any, Any]):
                     return slot, off
             i = (i + 1) & mask
 
-    def _rebuild(self, index_cap: int, extra: int = 0) -> None:
+    def _rebuild_now(self, index_cap: int, extra: int) -> None:
         live: list[tuple[bytes, bytes]] = []
         if self._get(_F_INDEX):
             base, cap = self._get(_F_INDEX), self._get(_F_CAP)
@@ -494,7 +524,7 @@ class SharedList(_Store, MutableSequence[Any]):
         n, base = self._get(_F_COUNT), self._get(_F_INDEX)
         return list(struct.unpack_from(f"<{n}Q", self._buf, base)) if n else []
 
-    def _rebuild(self, index_cap: int, extra: int = 0) -> None:
+    def _rebuild_now(self, index_cap: int, extra: int) -> None:
         live = [self._raw_at(off)[1] for off in self._offsets()] if self._get(_F_INDEX) else []
         cap = max(8, index_cap, len(live))
         live_bytes = sum(_aligned(_ENTRY.size + len(v)) for v in live)
