@@ -4,6 +4,11 @@ Layers, top to bottom (each imports only from the ones below it):
 
     _cli                                   the ``conveyor`` command
     _pool                                  Pool, map(): what users call
+    _team, _team_state                     team(): processes in lock-step
+    _struct, _shared, _shared_array,       shared structs, values, arrays, dicts, lists
+      _shared_dict
+    _shared_common                         owned segments, the segment lock, lazy numpy
+    _shm                                   segment names, ownership, stale sweep
     _supervisor                            the pool's one thread: dispatch, results, deaths
     _worker                                runs in the child process
     _serialize, _frames                    cloudpickle fallback, pipe framing
@@ -59,8 +64,8 @@ __all__ = [
     "SharedStruct",
     "SharedValue",
     "TaskTimeoutError",
-    "TeamContext",
     "TeamBrokenError",
+    "TeamContext",
     "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
