@@ -5,20 +5,25 @@ Layers, top to bottom (each imports only from the ones below it):
     _cli                                   the ``conveyor`` command
     _pool                                  Pool, map(): what users call
     _team, _team_state                     team(): processes in lock-step
+    _supervisor                            the pool's one thread: dispatch, results, deaths
+    _worker                                runs in the child process
+    _serialize, _frames                    cloudpickle fallback, pipe framing
     _struct, _shared, _shared_array,       shared structs, values, arrays, dicts, lists
       _shared_dict
     _shared_common                         owned segments, the segment lock, lazy numpy
     _shm                                   segment names, ownership, stale sweep
-    _supervisor                            the pool's one thread: dispatch, results, deaths
-    _worker                                runs in the child process
-    _serialize, _frames                    cloudpickle fallback, pipe framing
     errors                                 every public exception
 
 Everything public is re-exported here; underscore modules are internals.
 """
 
-from __future__ import annotations
 
+from conveyor._pool import AsyncResult as AsyncResult
+from conveyor._pool import MapResult as MapResult
+from conveyor._pool import Pool as Pool
+from conveyor._pool import PoolStatistics as PoolStatistics
+from conveyor._pool import TaskFuture as TaskFuture
+from conveyor._pool import map as map
 from conveyor._shared import SharedCounter as SharedCounter
 from conveyor._shared import SharedValue as SharedValue
 from conveyor._shared_array import SharedArray as SharedArray
@@ -30,11 +35,15 @@ from conveyor._struct import SharedStruct as SharedStruct
 from conveyor._struct import shared_struct as shared_struct
 from conveyor._team import TeamContext as TeamContext
 from conveyor._team import team as team
+from conveyor._worker import worker_index as worker_index
+from conveyor._worker import worker_state as worker_state
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
 from conveyor.errors import ChannelClosed as ChannelClosed
 from conveyor.errors import ConveyorError as ConveyorError
 from conveyor.errors import PipelineError as PipelineError
+from conveyor.errors import PoolClosedError as PoolClosedError
+from conveyor.errors import RemoteError as RemoteError
 from conveyor.errors import RemoteTraceback as RemoteTraceback
 from conveyor.errors import ResultTimeoutError as ResultTimeoutError
 from conveyor.errors import SerializationError as SerializationError
@@ -47,11 +56,17 @@ from conveyor.errors import WorkerStartError as WorkerStartError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncResult",
     "CallbackError",
     "ChannelBroken",
     "ChannelClosed",
     "ConveyorError",
+    "MapResult",
     "PipelineError",
+    "Pool",
+    "PoolClosedError",
+    "PoolStatistics",
+    "RemoteError",
     "RemoteTraceback",
     "ResultTimeoutError",
     "SegmentLock",
@@ -63,12 +78,16 @@ __all__ = [
     "SharedList",
     "SharedStruct",
     "SharedValue",
+    "TaskFuture",
     "TaskTimeoutError",
     "TeamBrokenError",
     "TeamContext",
     "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
+    "map",
     "shared_struct",
     "team",
+    "worker_index",
+    "worker_state",
 ]
