@@ -10,8 +10,6 @@ Run: python examples/shared_dict_pool.py
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import conveyor
 
 TEXT = """the quick brown fox jumps over the lazy dog the dog sleeps and the fox runs
@@ -27,7 +25,7 @@ def count_words(counts: conveyor.SharedDict, words: list[str]) -> int:
 def main() -> None:
     chunks = [TEXT[i : i + 5] for i in range(0, len(TEXT), 5)] * 20
     with conveyor.SharedDict() as counts:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=3) as pool:
+        with conveyor.Pool(workers=3) as pool:
             words = sum(pool.map(count_words, [counts] * len(chunks), chunks))
         top = sorted(counts.items(), key=lambda kv: -kv[1])[:5]
         print(f"{words} words counted by the pool; {len(counts)} distinct")

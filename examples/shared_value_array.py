@@ -10,8 +10,6 @@ Run: python examples/shared_value_array.py
 
 from __future__ import annotations
 
-import concurrent.futures
-
 import conveyor
 
 
@@ -22,9 +20,9 @@ def square_into(squares: conveyor.SharedArray, done: conveyor.SharedCounter, i: 
 
 def main() -> None:
     with conveyor.SharedCounter() as done, conveyor.SharedArray(10, "float64") as squares:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=3) as pool:
-            for f in [pool.submit(square_into, squares, done, i) for i in range(10)]:
-                f.result()
+        with conveyor.Pool(workers=3) as pool:
+            # Only handles travel to the workers: a few hundred bytes per task.
+            pool.map(square_into, [squares] * 10, [done] * 10, range(10))
         print(f"tasks done: {done.value}")
         print(f"squares: {squares.array.tolist()}")
         assert squares.array.sum() == sum(i * i for i in range(10))
