@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import conveyor
 
-TEXT = """the quick brown fox jumps over the lazy dog the dog sleeps and the fox runs
-into the woods where the quick birds sing over the brown river""".split()
+TEXT = (
+    "the quick brown fox jumps over the lazy dog the dog sleeps and the fox runs "
+    "into the woods where the quick birds sing over the brown river"
+).split(" ")
 
 
 def count_words(counts: conveyor.SharedDict, words: list[str]) -> int:

@@ -53,7 +53,7 @@ def simulate(members: int) -> tuple[float, float, float]:
 
 def main() -> None:
     members = max(2, min(4, os.cpu_count() or 2))
-    t1, change1, mean1 = simulate(1)
+    t1, _, mean1 = simulate(1)
     tn, changen, meann = simulate(members)
     assert abs(mean1 - meann) < 1e-9, (mean1, meann)   # same physics, any team size
     print(f"{N}x{N} grid, {STEPS} steps; mean interior temperature {meann:.4f}, "
