@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import conveyor
 
-TEXT = (
-    "the quick brown fox jumps over the lazy dog the dog sleeps and the fox runs "
-    "into the woods where the quick birds sing over the brown river"
-).split(" ")
+LINES = [
+    "the quick brown fox jumps over the lazy dog the dog sleeps and the fox runs",
+    "into the woods where the quick birds sing over the brown river",
+]
+TEXT = [word for line in LINES for word in line.split()]
 
 
 def count_words(counts: conveyor.SharedDict, words: list[str]) -> int:
