@@ -6,8 +6,8 @@ Run: python benchmarks/bench_shared.py            (writes benchmarks/results/sha
    half of the array and the parent gets the result:
    - SharedArray: the workers get a handle and write in place (nothing to send back);
      a second row includes copying an existing array in with ``SharedArray.from_array``;
-   - pickling: ``multiprocessing.Pool.apply_async`` with the array as argument, the
-     doubled half returned;
+   - pickling: ``multiprocessing.Pool.apply_async`` (and ``conveyor.Pool.apply_async``)
+     with the array as argument, the doubled half returned;
    - joblib: ``Parallel(n_jobs=2)`` (loky), which memory-maps large arguments by itself,
      the doubled half returned.
    Worker pools are started and warmed up before timing. The 1 GB case runs once.
@@ -62,7 +62,7 @@ def double_half_copy(a: np.ndarray, half: int) -> np.ndarray:
     return part * 2
 
 
-def bench_arrays(pool: Any, mb: int, reps: int) -> None:
+def bench_arrays(pool: Any, cpool: Any, mb: int, reps: int) -> None:
     n = mb * 2**20 // 8
     src = np.random.default_rng(0).random(n)
     expected_sum = float(src.sum()) * 2
@@ -72,7 +72,7 @@ def bench_arrays(pool: Any, mb: int, reps: int) -> None:
     def shared_inplace() -> float:
         with conveyor.SharedArray.from_array(src) as a:
             t = time.perf_counter()
-            for r in [pool.apply_async(double_half_shared, (a, h)) for h in (0, 1)]:
+            for r in [cpool.apply_async(double_half_shared, (a, h)) for h in (0, 1)]:
                 r.get()
             dt = time.perf_counter() - t
             assert abs(float(a.array.sum()) - expected_sum) < 1e-6 * abs(expected_sum)
@@ -81,7 +81,7 @@ def bench_arrays(pool: Any, mb: int, reps: int) -> None:
     def shared_with_copy() -> float:
         t = time.perf_counter()
         with conveyor.SharedArray.from_array(src) as a:
-            for r in [pool.apply_async(double_half_shared, (a, h)) for h in (0, 1)]:
+            for r in [cpool.apply_async(double_half_shared, (a, h)) for h in (0, 1)]:
                 r.get()
             out = a.array.copy()  # the result as an ordinary array, as the others give it
         dt = time.perf_counter() - t
@@ -91,6 +91,14 @@ def bench_arrays(pool: Any, mb: int, reps: int) -> None:
     def pickled() -> float:
         t = time.perf_counter()
         parts = [r.get() for r in [pool.apply_async(double_half_copy, (src, h)) for h in (0, 1)]]
+        out = np.concatenate(parts)
+        dt = time.perf_counter() - t
+        assert abs(float(out.sum()) - expected_sum) < 1e-6 * abs(expected_sum)
+        return dt
+
+    def pickled_conveyor() -> float:
+        t = time.perf_counter()
+        parts = [r.get() for r in [cpool.apply_async(double_half_copy, (src, h)) for h in (0, 1)]]
         out = np.concatenate(parts)
         dt = time.perf_counter() - t
         assert abs(float(out.sum()) - expected_sum) < 1e-6 * abs(expected_sum)
@@ -108,9 +116,10 @@ def bench_arrays(pool: Any, mb: int, reps: int) -> None:
 
     times = {}
     for label, fn in [
-        ("SharedArray (data already shared; workers write in place)", shared_inplace),
-        ("SharedArray.from_array + copy out (whole round trip)", shared_with_copy),
+        ("SharedArray via conveyor.Pool (data already shared; workers write in place)", shared_inplace),
+        ("SharedArray.from_array + copy out via conveyor.Pool (whole round trip)", shared_with_copy),
         ("pickled through multiprocessing.Pool.apply_async", pickled),
+        ("pickled through conveyor.Pool.apply_async", pickled_conveyor),
         ("joblib Parallel(n_jobs=2) (auto memmap)", joblib_mm),
     ]:
         best = min(fn() for _ in range(reps))
@@ -297,10 +306,12 @@ def warm_up_memory(gb: int) -> None:
 def main() -> None:
     started = time.perf_counter()
     warm_up_memory(4)
-    with multiprocessing.get_context("fork").Pool(2) as pool:
+    with multiprocessing.get_context("fork").Pool(2) as pool, \
+            conveyor.Pool(workers=2, start_method="fork") as cpool:
         pool.apply(sum, ([1],))
-        bench_arrays(pool, 100, reps=3)
-        bench_arrays(pool, 1024, reps=1)
+        cpool.apply(sum, ([1],))
+        bench_arrays(pool, cpool, 100, reps=3)
+        bench_arrays(pool, cpool, 1024, reps=1)
     bench_struct()
     bench_dict()
     bench_barrier()
