@@ -8,8 +8,9 @@ Layers, top to bottom (each imports only from the ones below it):
     _supervisor                            the pool's one thread: dispatch, results, deaths
     _worker                                runs in the child process
     _serialize, _frames                    cloudpickle fallback, pipe framing
-    _struct, _shared, _shared_array,       shared structs, values, arrays, dicts, lists
-      _shared_dict
+    _struct, _struct_fields, _shared,      shared structs, values, arrays, dicts, lists
+      _shared_array, _shared_dict,
+      _shared_list, _shared_store
     _shared_common                         owned segments, the segment lock, lazy numpy
     _shm                                   segment names, ownership, stale sweep
     errors                                 every public exception
@@ -29,10 +30,10 @@ from conveyor._shared import SharedValue as SharedValue
 from conveyor._shared_array import SharedArray as SharedArray
 from conveyor._shared_common import SegmentLock as SegmentLock
 from conveyor._shared_dict import SharedDict as SharedDict
-from conveyor._shared_dict import SharedList as SharedList
-from conveyor._struct import SharedFieldArray as SharedFieldArray
+from conveyor._shared_list import SharedList as SharedList
 from conveyor._struct import SharedStruct as SharedStruct
 from conveyor._struct import shared_struct as shared_struct
+from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
 from conveyor._team import TeamContext as TeamContext
 from conveyor._team import team as team
 from conveyor._worker import worker_index as worker_index
