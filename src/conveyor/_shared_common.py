@@ -1,5 +1,20 @@
 """What every shared object stands on: owned segments, the segment lock, lazy numpy.
 
+Ownership
+---------
+The process that creates a shared object (struct, value, array, dict, list) owns its
+segment and is the only one that unlinks it: on ``close()``, at the end of its ``with``
+block, when the object is garbage-collected, at interpreter exit (also after an exception
+or Ctrl-C), or, after SIGKILL, through the resource tracker or the next run's sweep (the
+first segment a process creates sweeps segments whose owner is gone). Every other process
+gets a pickled handle and attaches; it never unlinks, and it bypasses the resource tracker
+(which before Python 3.13 would unlink the segment when the *attaching* process exits).
+A forked child inherits owner objects but is disowned at fork, so it never unlinks either.
+
+Consequence: create shared objects in the process that outlives their use (usually the
+parent). One created inside a pool task is freed when the task drops it, and the handle
+returned to the parent then names a segment that no longer exists.
+
 The lock
 --------
 Shared objects travel to processes that are already running (a pool worker receives one
