@@ -234,3 +234,12 @@ def test_members_waiting_in_a_barrier_exit_when_the_parent_is_killed(tmp_path: P
     while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not [p for p in pids if os.path.exists(f"/proc/{p}")], "a member outlived its parent"
+
+
+def bad_root(ctx: TeamContext) -> None:
+    ctx.broadcast(1, root=ctx.size)
+
+
+def test_broadcast_root_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"root must be a rank in 0\.\.1; got 2"):
+        conveyor.team(2, bad_root)

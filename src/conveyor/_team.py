@@ -120,6 +120,8 @@ class TeamContext:
 
     def broadcast(self, value: Any = None, root: int = 0) -> Any:
         """Every member returns ``value`` as given by member ``root`` (others pass anything)."""
+        if not 0 <= root < self.size:
+            raise ValueError(f"broadcast root must be a rank in 0..{self.size - 1}; got {root}")
         return self._collective("broadcast", (root, value if self.rank == root else None))
 
     def gather(self, value: Any) -> list[Any]:
