@@ -111,6 +111,20 @@ def test_bad_declarations_fail_at_class_definition() -> None:
             s: Annotated[str, 2] = "abc"
 
 
+def test_array_fields_index_and_slice() -> None:
+    with Stats() as s:
+        s.hist[1:3] = [5, 6]
+        assert s.hist[:] == [0, 5, 6, 0] and s.hist[-1] == 0 and len(s.hist) == 4
+        s.hist[::2] = [7, 8]
+        assert s.hist == [7, 5, 8, 0]
+        with pytest.raises(ValueError, match=r"Stats\.hist: cannot assign 1 items"):
+            s.hist[0:2] = [1]
+        with pytest.raises(TypeError, match=r"Stats\.hist"):
+            s.hist[0] = "x"
+        with pytest.raises(IndexError):
+            s.hist[4] = 1
+
+
 def test_atomic_helpers() -> None:
     with Stats() as s:
         assert s.add("processed", 5) == 5

@@ -176,10 +176,23 @@ class SharedFieldArray:
     def __len__(self) -> int:
         return len(self._view)
 
-    def __getitem__(self, index: int) -> Any:
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return self._view[index].tolist()
         return self._view[index]
 
-    def __setitem__(self, index: int, value: Any) -> None:
+    def __setitem__(self, index: int | slice, value: Any) -> None:
+        if isinstance(index, slice):
+            items = [self._field.item(v) for v in value]
+            target = range(len(self._view))[index]
+            if len(items) != len(target):
+                raise ValueError(
+                    f"{self._field.where()}: cannot assign {len(items)} items to a slice "
+                    f"of {len(target)} (the array's length is fixed)"
+                )
+            packed = struct.pack(f"{len(items)}{self._field.code}", *items)
+            self._view[index] = memoryview(packed).cast(self._field.code)  # type: ignore[call-overload]
+            return
         self._view[index] = self._field.item(value)
 
     def __iter__(self) -> Iterator[Any]:
