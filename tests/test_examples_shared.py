@@ -37,5 +37,5 @@ def test_demo_runs() -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "Progress(done=12000" in r.stdout
-    assert "same result" in r.stdout and "faster" in r.stdout
+    assert "same result" in r.stdout and "speed-up" in r.stdout
     assert re.search(r"Jacobi, \d+ processes: 100%", r.stderr), r.stderr  # the live bar

@@ -105,7 +105,10 @@ def run() -> None:
     tn, sn = _simulate(members)
     same = "same result" if abs(s1 - sn) <= 1e-9 * abs(s1) else "DIFFERENT result"
     print(f"  1 process {t1:.2f} s, {members} processes {tn:.2f} s: "
-          f"{t1 / tn:.2f}x faster ({same}, {os.cpu_count()} cores)")
+          f"speed-up {t1 / tn:.2f}x ({same}, {os.cpu_count()} cores)")
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        print(f"  (other work is running: load average {load:.1f}, so the speed-up is smaller)")
 
 
 if __name__ == "__main__":
