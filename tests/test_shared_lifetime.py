@@ -85,6 +85,7 @@ def test_sweep_removes_segments_of_dead_owners_even_without_tracker() -> None:
         r = run("import conveyor; conveyor.SharedCounter().close()")
         assert r.returncode == 0, r.stderr
         assert not segment_exists(name)
+        assert r.stderr == ""  # sweeping is silent (no resource-tracker complaints)
     finally:
         if segment_exists(name):
             os.unlink(SHM_DIR / name)

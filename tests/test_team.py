@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -243,3 +244,55 @@ def bad_root(ctx: TeamContext) -> None:
 def test_broadcast_root_is_checked() -> None:
     with pytest.raises(ValueError, match=r"root must be a rank in 0\.\.1; got 2"):
         conveyor.team(2, bad_root)
+
+
+CTRL_C_GROUP = """
+import os, sys, conveyor
+
+def note(path, text):
+    with open(path, "a") as f:
+        f.write(text + "\\n")
+
+def spin(ctx, a, path):
+    note(path, str(os.getpid()))
+    while True:
+        ctx.barrier()
+        a[ctx.rank] += 1
+
+if __name__ == "__main__":
+    a = conveyor.SharedArray(2, "int64")
+    note(sys.argv[2], a.name)
+    conveyor.team(2, spin, a, sys.argv[2], start_method=sys.argv[1])
+"""
+
+
+def test_ctrl_c_at_the_terminal_reaches_every_process(start_method: str, tmp_path: Path) -> None:
+    # A terminal's Ctrl-C signals the whole process group: parent and members at once.
+    script = tmp_path / "ctrl_c_group.py"
+    script.write_text(CTRL_C_GROUP)
+    notes = tmp_path / "notes.txt"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), start_method, str(notes)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            not notes.exists() or len(notes.read_text().split()) < 3
+        ):
+            time.sleep(0.02)
+        lines = notes.read_text().split()
+        assert len(lines) == 3, lines
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    name, pids = lines[0], [int(p) for p in lines[1:]]
+    assert not os.path.exists(f"/dev/shm/{name}")
+    deadline = time.monotonic() + 10
+    while any(os.path.exists(f"/proc/{p}") for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}")]
