@@ -82,3 +82,34 @@ class Unpicklable:
 
 def return_unpicklable(_: Any = None) -> Unpicklable:
     return Unpicklable()
+
+
+def double(x: int) -> int:
+    return 2 * x
+
+
+def is_even(x: int) -> bool:
+    return x % 2 == 0
+
+
+def twice(x: int) -> list[int]:
+    return [x, x]
+
+
+def jitter(x: int) -> int:
+    time.sleep(((x * 7919) % 5) / 1000)
+    return x
+
+
+def crash_on(x: int, bad: int = 7) -> int:
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def add_state(x: int) -> Any:
+    return (x, conveyor.worker_state())
+
+
+def constant(value: Any) -> Any:
+    return value

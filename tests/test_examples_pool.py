@@ -16,6 +16,9 @@ EXPECTED = {
     "pool_apply_async.py": ["9^2 =  81", "lambdas: [100, 101, 102]", "task error re-raised"],
     "pool_callback_progress.py": ["callback collected 24 results", "progress=True: same 24"],
     "pool_survives_a_crash.py": ["task 3: lost -> SIGKILL", "task 5: 50", "goes on: [70, 80]"],
+    "joinable_queue_pipeline.py": ["then quit early", "pipeline: 30 of 30 items, in order"],
+    "text_pipeline.py": ["bytes served per path", "map(count_batch)", "wall time"],
+    "work_queue_tree.py": ["341 directories, 340 files, 85,000 bytes"],
 }
 
 
@@ -51,3 +54,4 @@ def test_demo_command_runs() -> None:
     assert proc.returncode == 0, proc.stderr
     assert "serial agrees" in proc.stdout and "speed-up" in proc.stdout
     assert "All demos finished." in proc.stdout
+    assert "no sentinel" in proc.stdout and "255 tasks ran" in proc.stdout

@@ -150,5 +150,9 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     pids = json.loads(proc.stdout.readline())["pids"]
     assert all(alive(p) for p in pids)
     proc.kill()
-    proc.communicate()
-    assert not wait_gone(pids, 0.5)
+    proc.wait()
+    proc.stdout.close()  # not read to EOF: a surviving worker would hold it open
+    left = wait_gone(pids, 0.5)
+    for pid in left:  # clean up before failing, so one bug does not leak into other tests
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their parent"

@@ -40,3 +40,25 @@ def test_closures_over_shared_objects_go_by_cloudpickle(start_method: str) -> No
         pool.map(lambda x: (done.increment(), seen.append(x)), range(20))
         assert done.value == 20
         assert sorted(seen) == list(range(20))
+
+
+def tally_item(item: tuple[Tally, conveyor.SharedDict, int]) -> int:
+    tally, seen, i = item
+    tally.add("tasks", 1)
+    seen[i] = i * 2
+    return i
+
+
+def test_pipeline_stages_share_the_same_objects(start_method: str) -> None:
+    with Tally() as tally, conveyor.SharedDict() as seen:
+        # Shared objects travel as items and inside a stage's closure alike.
+        out = (
+            conveyor.Pipeline(((tally, seen, i) for i in range(20)), start_method=start_method)
+            .map(tally_item, workers=2)
+            .map(lambda i: (seen.add("sum", i), i)[1], workers=1)
+            .run()
+        )
+        assert out == list(range(20))
+        assert tally.tasks == 20
+        assert seen["sum"] == sum(range(20))
+        assert {k: v for k, v in seen.items() if k != "sum"} == {i: 2 * i for i in range(20)}

@@ -3,6 +3,7 @@
 Layers, top to bottom (each imports only from the ones below it):
 
     _cli                                   the ``conveyor`` command
+    _pipeline, _work_queue                 stages of workers; tasks that add tasks
     _pool                                  Pool, map(): what users call
     _team, _team_state                     team(): processes in lock-step
     _supervisor                            the pool's one thread: dispatch, results, deaths
@@ -19,6 +20,10 @@ Everything public is re-exported here; underscore modules are internals.
 """
 
 
+from conveyor._pipeline import ItemError as ItemError
+from conveyor._pipeline import Pipeline as Pipeline
+from conveyor._pipeline import PipelineStatistics as PipelineStatistics
+from conveyor._pipeline import StageStatistics as StageStatistics
 from conveyor._pool import AsyncResult as AsyncResult
 from conveyor._pool import MapResult as MapResult
 from conveyor._pool import Pool as Pool
@@ -36,6 +41,8 @@ from conveyor._struct import shared_struct as shared_struct
 from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
 from conveyor._team import TeamContext as TeamContext
 from conveyor._team import team as team
+from conveyor._work_queue import iter_work_queue as iter_work_queue
+from conveyor._work_queue import work_queue as work_queue
 from conveyor._worker import worker_index as worker_index
 from conveyor._worker import worker_state as worker_state
 from conveyor.errors import CallbackError as CallbackError
@@ -62,8 +69,11 @@ __all__ = [
     "ChannelBroken",
     "ChannelClosed",
     "ConveyorError",
+    "ItemError",
     "MapResult",
+    "Pipeline",
     "PipelineError",
+    "PipelineStatistics",
     "Pool",
     "PoolClosedError",
     "PoolStatistics",
@@ -79,6 +89,7 @@ __all__ = [
     "SharedList",
     "SharedStruct",
     "SharedValue",
+    "StageStatistics",
     "TaskFuture",
     "TaskTimeoutError",
     "TeamBrokenError",
@@ -86,9 +97,11 @@ __all__ = [
     "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
+    "iter_work_queue",
     "map",
     "shared_struct",
     "team",
+    "work_queue",
     "worker_index",
     "worker_state",
 ]

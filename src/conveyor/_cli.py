@@ -12,6 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 
 def count_primes(block: tuple[int, int]) -> int:
@@ -63,6 +64,49 @@ def demo_pool(workers: int, limit: int, blocks: int) -> None:
     print(f"apply_async with callback: {len(done)} callbacks ran in the parent")
 
 
+def _words(n: int):  # type: ignore[no-untyped-def]
+    """A slow-ish source: the seed's producer that pauses now and then."""
+    for i in range(n):
+        if i % 2000 == 0:
+            time.sleep(0.02)
+        yield f"item-{i}"
+
+
+def _checksum(word: str) -> int:
+    return sum(word.encode()) * 2654435761 % 1000
+
+
+def _is_small(n: int) -> bool:
+    return n < 500
+
+
+def _subtree(node: tuple[int, int], add: Any) -> int:
+    depth, ident = node
+    if depth < 7:
+        add((depth + 1, ident * 2))
+        add((depth + 1, ident * 2 + 1))
+    return count_primes((ident * 50, ident * 50 + 50))
+
+
+def demo_pipeline(workers: int) -> None:
+    import conveyor as cv
+
+    _section("Pipeline (seed 1 + 5): producer -> 2 stages -> consumer, ending by itself")
+    pipe = (cv.Pipeline(_words(40_000))
+            .map(_checksum, workers=workers)
+            .filter(_is_small, workers=workers)
+            .batch(100))
+    batches = pipe.run(progress=True)
+    print(f"{sum(len(b) for b in batches):,} items kept in {len(batches)} batches; "
+          "no sentinel, no task_done(), no consumer count")
+    print(pipe.stats)
+
+    _section("Work queue (seed 5): tasks that add tasks, ending when all work is done")
+    results = cv.work_queue([(0, 1)], _subtree, workers=workers, progress=True)
+    print(f"{len(results)} tasks ran (a binary tree discovered while running); "
+          f"{sum(results):,} primes counted")
+
+
 # Each capability that lands adds its seed pattern here: (module, title).
 _OTHER_DEMOS = [
     ("conveyor._demo_channel", "Channel: the seed's bounded buffer, 2 producers -> 3 consumers"),
@@ -73,6 +117,7 @@ _OTHER_DEMOS = [
 def demo(args: argparse.Namespace) -> int:
     print(f"conveyor demo: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
     demo_pool(args.workers, args.limit, args.blocks)
+    demo_pipeline(args.workers)
     for module_name, title in _OTHER_DEMOS:
         try:
             module = importlib.import_module(module_name)

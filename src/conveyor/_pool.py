@@ -148,6 +148,10 @@ class _Call:
     def start(self, rec: Record) -> bool:
         return not self.cancelled
 
+    def task_index(self, position: int) -> int | None:
+        """The task number shown in errors for the item at ``position``."""
+        return position
+
     def cancel_running(self) -> None:
         self.sup.command("cancel_running", self)
 
@@ -229,6 +233,8 @@ class _FutureCall(_Call, Record):
         self.items = (args, kwargs)
         self.mode = _worker.CALL
         self.attempts = 0
+        self.elapsed_ns = 0
+        self.worker = -1
 
     def start(self, rec: Record) -> bool:
         if rec.attempts == 0:

@@ -71,7 +71,8 @@ _NO_SKIP: frozenset[int] = frozenset()
 class Record:
     """One unit of dispatch: a single call, or a chunk of items of a map."""
 
-    __slots__ = ("attempts", "base", "call", "data", "items", "mode", "rid")
+    __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
+                 "worker")
 
     def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes) -> None:
         self.rid = 0
@@ -81,6 +82,8 @@ class Record:
         self.mode = mode
         self.data = data
         self.attempts = 0
+        self.elapsed_ns = 0  # run time in the worker, once it ran
+        self.worker = -1  # index of the worker slot that ran it
 
     @property
     def size(self) -> int:
@@ -226,7 +229,7 @@ class Supervisor:
             target=_worker.worker_main,
             args=(
                 child_task, child_result, self._slots, index, self._init_bytes,
-                self._maxtasks, self._max_memory,
+                self._maxtasks, self._max_memory, self._die_with_parent(),
             ),
             name=f"conveyor-worker-{index}",
             daemon=True,
@@ -245,6 +248,15 @@ class Supervisor:
         self._fd_owner[task_w] = ("write", w)
         self._poll.register(result_r, select.POLLIN)
         self._poll.register(w.sentinel, select.POLLIN)
+
+    def _die_with_parent(self) -> bool:
+        # PR_SET_PDEATHSIG follows the thread that forked the worker, so ask for it only
+        # when that thread lives as long as the pool: the main thread or the supervisor.
+        # Under forkserver the forker is the server's main thread.
+        if self._ctx.get_start_method() == "forkserver":
+            return True
+        current = threading.current_thread()
+        return current is threading.main_thread() or current.name == "conveyor-pool-supervisor"
 
     def _forget_worker(self, w: _Worker) -> None:
         for fd in (w.reader.fd, w.sentinel, w.writer.fd):
@@ -451,6 +463,8 @@ class Supervisor:
             if rec is None:
                 continue
             n = rec.size
+            rec.elapsed_ns = elapsed
+            rec.worker = w.index
             self._avg_ns += (elapsed - self._avg_ns) * (0.2 if self._avg_ns else 1.0)
             self.tasks_done += n
             if isinstance(value, _worker._CloudPickled):
@@ -539,7 +553,7 @@ class Supervisor:
     def _fail_running(self, w: _Worker, rec: Record, item: int, exitcode: int | None,
                       peak_kb: int, requeue: list[Record]) -> None:
         call = rec.call
-        index = rec.base + (0 if rec.mode == _worker.CALL else item)
+        index = call.task_index(rec.base + (0 if rec.mode == _worker.CALL else item))
         single = rec if rec.mode == _worker.CALL else rec.split(item, item + 1)
         reason, _ = w.kill_reason or ("lost", None)
         if reason == "cancelled":

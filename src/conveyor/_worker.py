@@ -61,6 +61,12 @@ _FLUSH_NS = 2_000_000  # send results at least every 2 ms while busy
 _NOT_IN_WORKER = object()
 _state: Any = _NOT_IN_WORKER
 _index: int = -1
+_thread_state = threading.local()  # for thread stages of a pipeline
+
+
+def set_thread_state(state: Any) -> None:
+    """Make ``state`` what worker_state() returns in this thread (thread stages)."""
+    _thread_state.value = state
 
 
 def worker_state() -> Any:
@@ -79,6 +85,9 @@ def worker_state() -> Any:
 
     Raises RuntimeError outside a conveyor worker.
     """
+    in_thread = getattr(_thread_state, "value", _NOT_IN_WORKER)
+    if in_thread is not _NOT_IN_WORKER:
+        return in_thread
     if _state is _NOT_IN_WORKER:
         raise RuntimeError("worker_state() is only available inside a conveyor pool worker")
     return _state
@@ -111,6 +120,23 @@ def _watch_parent(ppid: int) -> None:
         time.sleep(0.05)
         if os.getppid() != ppid:
             os._exit(70)
+
+
+def _die_with_parent(ppid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent goes (Linux only).
+
+    The kernel ties this to the parent *thread* that forked us; the pool forks only from
+    the main thread or from its supervisor thread, both of which outlive the pool. The
+    polling watch thread stays as a second line on other systems."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != ppid:  # the parent died before the request took effect
+        os._exit(70)
 
 
 class _FunctionCache:
@@ -155,6 +181,7 @@ def worker_main(
     init_bytes: bytes | None,
     maxtasks: int | None,
     max_memory: int | None,
+    die_with_parent: bool = False,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
     global _state, _index
@@ -163,8 +190,11 @@ def worker_main(
     result_fd = os.dup(result_conn.fileno())
     task_conn.close()
     result_conn.close()
+    ppid = os.getppid()
+    if die_with_parent:
+        _die_with_parent(ppid)
     threading.Thread(
-        target=_watch_parent, args=(os.getppid(),), name="conveyor-parent-watch", daemon=True
+        target=_watch_parent, args=(ppid,), name="conveyor-parent-watch", daemon=True
     ).start()
     _index = index
     # A plain memoryview over the shared array: item stores cost ~30 ns instead of ctypes' ~80.
