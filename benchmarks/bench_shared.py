@@ -305,6 +305,7 @@ def warm_up_memory(gb: int) -> None:
 
 def main() -> None:
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     warm_up_memory(4)
     with multiprocessing.get_context("fork").Pool(2) as pool, \
             conveyor.Pool(workers=2, start_method="fork") as cpool:
@@ -324,6 +325,8 @@ def main() -> None:
         f"Python {platform.python_version()}, numpy {np.__version__}, joblib {joblib.__version__}, "
         f"{platform.system()} {platform.release()}; total run {time.perf_counter() - started:.0f} s.",
         "Best of 3 runs (barriers: best of 5), except the 1 GB case: one run.",
+        f"1-minute load average: {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the "
+        f"end (above {os.cpu_count()} means other work shared the machine and slowed every row).",
         "Ratios: time of pickling / time of the method (arrays); our rate / the peer's rate (others).",
         "",
         "| benchmark | method | figure | ratio |",
