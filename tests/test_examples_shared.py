@@ -22,7 +22,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_example_runs(name: str) -> None:
     r = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=100
     )
     assert r.returncode == 0, r.stderr
     for expected in CASES[name]:
@@ -33,7 +33,7 @@ def test_example_runs(name: str) -> None:
 def test_demo_runs() -> None:
     r = subprocess.run(
         [sys.executable, "-c", "from conveyor._demo_shared import run; run()"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True, text=True, timeout=100,
     )
     assert r.returncode == 0, r.stderr
     assert "Progress(done=12000" in r.stdout
