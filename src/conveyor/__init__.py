@@ -5,9 +5,15 @@ Layers, top to bottom (each imports only from the ones below it):
     _cli                                   the ``conveyor`` command
     _pipeline, _work_queue                 stages of workers; tasks that add tasks
     _pool                                  Pool, map(): what users call
+    _team, _team_state                     team(): processes in lock-step
     _supervisor                            the pool's one thread: dispatch, results, deaths
     _worker                                runs in the child process
     _serialize, _frames                    cloudpickle fallback, pipe framing
+    _struct, _struct_fields, _shared,      shared structs, values, arrays, dicts, lists
+      _shared_array, _shared_dict,
+      _shared_list, _shared_store
+    _shared_common                         owned segments, the segment lock, lazy numpy
+    _shm                                   segment names, ownership, stale sweep
     errors                                 every public exception
 
 Everything public is re-exported here; underscore modules are internals.
@@ -24,6 +30,17 @@ from conveyor._pool import Pool as Pool
 from conveyor._pool import PoolStatistics as PoolStatistics
 from conveyor._pool import TaskFuture as TaskFuture
 from conveyor._pool import map as map
+from conveyor._shared import SharedCounter as SharedCounter
+from conveyor._shared import SharedValue as SharedValue
+from conveyor._shared_array import SharedArray as SharedArray
+from conveyor._shared_common import SegmentLock as SegmentLock
+from conveyor._shared_dict import SharedDict as SharedDict
+from conveyor._shared_list import SharedList as SharedList
+from conveyor._struct import SharedStruct as SharedStruct
+from conveyor._struct import shared_struct as shared_struct
+from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
+from conveyor._team import TeamContext as TeamContext
+from conveyor._team import team as team
 from conveyor._work_queue import iter_work_queue as iter_work_queue
 from conveyor._work_queue import work_queue as work_queue
 from conveyor._worker import worker_index as worker_index
@@ -39,6 +56,8 @@ from conveyor.errors import RemoteTraceback as RemoteTraceback
 from conveyor.errors import ResultTimeoutError as ResultTimeoutError
 from conveyor.errors import SerializationError as SerializationError
 from conveyor.errors import TaskTimeoutError as TaskTimeoutError
+from conveyor.errors import TeamBrokenError as TeamBrokenError
+from conveyor.errors import TeamMemberLostError as TeamMemberLostError
 from conveyor.errors import WorkerLostError as WorkerLostError
 from conveyor.errors import WorkerStartError as WorkerStartError
 
@@ -61,14 +80,27 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "ResultTimeoutError",
+    "SegmentLock",
     "SerializationError",
+    "SharedArray",
+    "SharedCounter",
+    "SharedDict",
+    "SharedFieldArray",
+    "SharedList",
+    "SharedStruct",
+    "SharedValue",
     "StageStatistics",
     "TaskFuture",
     "TaskTimeoutError",
+    "TeamBrokenError",
+    "TeamContext",
+    "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
     "iter_work_queue",
     "map",
+    "shared_struct",
+    "team",
     "work_queue",
     "worker_index",
     "worker_state",

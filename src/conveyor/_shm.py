@@ -70,13 +70,14 @@ def sweep_stale() -> list[str]:
         return removed
     for entry in entries:
         if entry.name.startswith(PREFIX) and not owner_alive(entry.name):
+            # No resource_tracker.unregister here: the dead owner registered the name with
+            # *its* tracker, not ours, and unregistering an unknown name makes our tracker
+            # print a KeyError traceback for every segment swept.
             try:
                 entry.unlink()
                 removed.append(entry.name)
             except OSError:
                 pass
-            else:
-                _untrack(entry.name)
     return removed
 
 

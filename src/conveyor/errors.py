@@ -18,6 +18,8 @@ conveyor                      also an instance of
 ``ChannelClosed``             --
 ``ChannelBroken``             --
 ``PipelineError``             --
+``TeamBrokenError``           ``threading.BrokenBarrierError``
+``TeamMemberLostError``       --
 ============================  =====================================================
 
 Example::
@@ -34,6 +36,7 @@ import concurrent.futures
 import multiprocessing
 import pickle
 import signal
+import threading
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
@@ -49,6 +52,8 @@ __all__ = [
     "ResultTimeoutError",
     "SerializationError",
     "TaskTimeoutError",
+    "TeamBrokenError",
+    "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
 ]
@@ -239,6 +244,49 @@ class PipelineError(ConveyorError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.stage, self.item_repr, str(self)))
+
+
+class TeamBrokenError(ConveyorError, threading.BrokenBarrierError):
+    """Raised in team members: another member failed, so this collective cannot complete.
+
+    Members waiting in ``barrier()``, ``broadcast()``, ``gather()`` or ``allreduce()`` get
+    it at once instead of waiting forever; later collectives raise it too. The parent of the
+    team raises the original failure, not this.
+
+    Attributes: ``rank`` (who raised it), ``failed_rank`` (the member that caused it, or
+    None), ``reason``.
+    """
+
+    def __init__(self, rank: int, failed_rank: int | None, reason: str) -> None:
+        self.rank = rank
+        self.failed_rank = failed_rank
+        self.reason = reason
+        who = f"rank {failed_rank}" if failed_rank is not None else "a member"
+        super().__init__(f"the team is broken for rank {rank}: {who} {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.rank, self.failed_rank, self.reason))
+
+
+class TeamMemberLostError(ConveyorError):
+    """A team member process died without raising an exception (a signal, ``os._exit``).
+
+    Attributes: ``rank``, ``pid``, ``exitcode`` (negative for a signal) and ``signal_name``.
+    """
+
+    def __init__(self, rank: int, pid: int | None, exitcode: int | None) -> None:
+        self.rank = rank
+        self.pid = pid
+        self.exitcode = exitcode
+        self.signal_name = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
+        how = (
+            f"was killed by {self.signal_name}" if self.signal_name
+            else f"exited with code {exitcode} before returning"
+        )
+        super().__init__(f"team member rank {rank} (pid {pid}) {how}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.rank, self.pid, self.exitcode))
 
 
 def short_repr(obj: object, limit: int = 80) -> str:
