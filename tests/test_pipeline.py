@@ -178,6 +178,7 @@ def test_ctrl_c_stops_the_pipeline() -> None:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdout is not None
     json.loads(proc.stdout.readline())
+    time.sleep(0.3)  # let it get into the loop that handles the interrupt
     sent = time.time()
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=30)
