@@ -375,15 +375,19 @@ class _IterCall(_Call, Iterator[Any]):
         self.chunksize = chunksize
         self.ordered = ordered
         self._source: Iterator[Any] | None = iter(iterable)
-        self._window = max(64 * pool._workers, 4 * chunksize * pool._workers, 256)
+        # Enough read ahead to keep every worker's queue full, bounded all the same.
+        self._window = max(1024, 64 * chunksize * pool._workers)
         self._read = 0  # items taken from the source
         self._yielded = 0
-        self._ready: dict[int, tuple[Any, BaseException | None]] = {}
-        self._ready_fifo: deque[tuple[Any, BaseException | None]] = deque()
+        _Run = tuple[list[Any], dict[int, BaseException]]
+        self._ready: dict[int, _Run] = {}  # finished runs by first index (ordered)
+        self._ready_fifo: deque[_Run] = deque()  # finished runs as they come (unordered)
+        self._buf: list[Any] = []  # the run being yielded
+        self._buf_errors: dict[int, BaseException] = {}
+        self._buf_pos = 0
         self._end: int | None = None  # item count, once the source is exhausted
         self._source_error: BaseException | None = None
         self._cond = threading.Condition(threading.Lock())
-        self._settled = 0  # items delivered by the supervisor
         with pool._lock:
             self.sup.open_feeds += 1
         self._feeding = True
@@ -427,17 +431,24 @@ class _IterCall(_Call, Iterator[Any]):
 
     def complete(self, rec: Record, values: Sequence[Any], errors: dict[int, BaseException],
                  skip: set[int] | frozenset[int]) -> None:
+        # Whole runs of results are handed over at once (keyed by their first index),
+        # so the consumer takes no lock per item; retried items break a run in two.
+        runs: list[tuple[int, int]] = []
+        start = 0
+        for k in sorted(skip):
+            if k > start:
+                runs.append((start, k))
+            start = k + 1
+        if start < rec.size:
+            runs.append((start, rec.size))
         with self._cond:
-            for k in range(rec.size):
-                if k in skip:
-                    continue
-                entry = (values[k], errors.get(k))
+            for a, b in runs:
+                chunk = (list(values[a:b]), {k - a: e for k, e in errors.items() if a <= k < b})
                 if self.ordered:
-                    self._ready[rec.base + k] = entry
+                    self._ready[rec.base + a] = chunk
                 else:
-                    self._ready_fifo.append(entry)
-                self._settled += 1
-                self._unreported += 1
+                    self._ready_fifo.append(chunk)
+                self._unreported += b - a
 
     def flush(self) -> None:
         super().flush()
@@ -458,6 +469,13 @@ class _IterCall(_Call, Iterator[Any]):
         self.abort(err)
 
     def __next__(self) -> Any:
+        if self._buf_pos < len(self._buf):  # the fast path: within a finished run
+            k = self._buf_pos
+            self._buf_pos += 1
+            self._yielded += 1
+            if self._buf_errors and k in self._buf_errors:
+                raise self._buf_errors[k]
+            return self._buf[k]
         try:
             self._refill()
         except BaseException:
@@ -466,10 +484,10 @@ class _IterCall(_Call, Iterator[Any]):
         with self._cond:
             while True:
                 if self.ordered and self._yielded in self._ready:
-                    value, exc = self._ready.pop(self._yielded)
+                    self._buf, self._buf_errors = self._ready.pop(self._yielded)
                     break
                 if not self.ordered and self._ready_fifo:
-                    value, exc = self._ready_fifo.popleft()
+                    self._buf, self._buf_errors = self._ready_fifo.popleft()
                     break
                 if self._end is not None and self._yielded >= self._end:
                     if self._source_error is not None:
@@ -480,10 +498,8 @@ class _IterCall(_Call, Iterator[Any]):
                     raise StopIteration
                 if not self._cond.wait(0.5) and self.sup.stopped.is_set():
                     self.abort(PoolClosedError("the pool stopped while imap was waiting"))
-        self._yielded += 1
-        if exc is not None:
-            raise exc
-        return value
+        self._buf_pos = 0
+        return self.__next__()
 
     def close(self) -> None:
         """Stop reading the input and drop queued tasks (tasks already running finish)."""

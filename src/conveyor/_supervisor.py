@@ -164,7 +164,9 @@ class Supervisor:
         self._poll.register(self._wake_r, select.POLLIN)
         self._fd_owner: dict[int, tuple[str, _Worker]] = {}
         self._workers: list[_Worker | None] = [None] * workers
-        self._avg_ns = 0.0  # running mean of a record's run time in a worker
+        # Running mean of a record's run time in a worker, per function: a new function
+        # starts unknown (shallow queues) instead of inheriting another one's speed.
+        self._avg_ns: dict[int, float] = {}
         self._closing = False
         self._terminating = False
         self.broken: BaseException | None = None
@@ -377,9 +379,11 @@ class Supervisor:
     # -------------------------------------------------------------------------- dispatch
 
     def _depth(self) -> int:
-        if self._avg_ns <= 0:
+        """How many records a worker may hold, judged by the function at the queue's head."""
+        avg = self._avg_ns.get(self.pending[0].call.fn_id, 0.0) if self.pending else 0.0
+        if avg <= 0:
             return 2
-        return max(2, min(_MAX_DEPTH, 1 + math.ceil(_TARGET_QUEUE_NS / self._avg_ns)))
+        return max(2, min(_MAX_DEPTH, 1 + math.ceil(_TARGET_QUEUE_NS / avg)))
 
     def _has_room(self) -> bool:
         # Only an idle worker is worth a wake-up: a worker with queued work will send
@@ -396,10 +400,12 @@ class Supervisor:
         ready = [w for w in self._workers if w is not None and w.ready and not w.retiring
                  and w.kill_reason is None]
         ready.sort(key=lambda w: len(w.outstanding))
-        for w in ready:
+        for i, w in enumerate(ready):
             if not pending:
                 break
-            room = depth - len(w.outstanding)
+            # An even share of what is queued, so one idle worker does not take it all.
+            share = -(-len(pending) // (len(ready) - i))
+            room = min(depth - len(w.outstanding), share)
             if room <= 0 or w.writer.pending_bytes > _MAX_PENDING_BYTES:
                 continue
             batch = []
@@ -468,7 +474,9 @@ class Supervisor:
             n = rec.size
             rec.elapsed_ns = elapsed
             rec.worker = w.index
-            self._avg_ns += (elapsed - self._avg_ns) * (0.2 if self._avg_ns else 1.0)
+            fn_id = rec.call.fn_id
+            avg = self._avg_ns.get(fn_id)
+            self._avg_ns[fn_id] = elapsed if avg is None else avg + (elapsed - avg) * 0.2
             self.tasks_done += n
             if isinstance(value, _worker._CloudPickled):
                 value = pickle.loads(value.data)
