@@ -1,0 +1,517 @@
+"""The shared-memory ring beneath :class:`conveyor.Channel`, and how processes wait on it.
+
+Layout: one :class:`~conveyor._shm.Segment` holds a 4 KiB header and a data area of
+``capacity`` bytes (a multiple of 8)::
+
+    header  0  tail word   (items put, mod 2**32) << 32 | tail offset   written by senders
+            8  head word   (items got, mod 2**32) << 32 | head offset   written by receivers
+           16  state       0 open, else why it broke (cancelled / sender died / ...)
+           24  closed      how many senders have closed
+           32  magic, capacity, maxsize, senders (fixed at creation)
+           64  pid of whoever broke it; 72 message length; 80.. message (UTF-8)
+          512  sender slots   (pid, start time, open handles) x 64
+         2048  receiver slots (pid, start time, 1) x 64
+    data 4096  records: an 8-byte prefix (payload length | flags << 32), the payload,
+               padding to 8 bytes; a payload may wrap around the end, a prefix never does
+
+Atomic publication. Each side changes the ring with exactly one aligned 8-byte store:
+a sender writes its records beyond the tail and only then stores the tail word; a
+receiver copies its records out and only then stores the head word. Item count and
+offset share the word, so a process killed at any instant (SIGKILL lands between any
+two bytecodes) leaves either the old state or the new one, never a half-written record
+in view. The stores and loads go through a native ``"Q"`` memoryview, which CPython
+performs as single machine words; on x86-64 (TSO) stores are seen in program order,
+which is what makes "record first, tail last" sufficient. Other architectures use one
+lock for both sides, whose acquire/release are full barriers.
+
+Locking. Senders serialise among themselves on byte 0 of the segment file, receivers
+on byte 1, with ``fcntl.lockf`` (POSIX record locks, ~0.3 us per call here). The kernel
+drops such a lock when its holder dies, so a process killed inside put or get cannot
+wedge the others. Record locks belong to a process, not a thread, so a per-process
+``threading.Lock`` is taken first; and closing *any* descriptor of the file would drop
+them, so each process maps a channel once (:func:`open_ring` caches by name).
+
+Waiting. Nobody sleeps holding a lock. A blocked put or get polls the two words
+(cheap unlocked reads) with a short spin, a few ``sched_yield`` calls, then sleeps
+doubling from 10 us to 1 ms. No doorbell means no wake-up state that a killed process
+could leave half-updated; the price is up to ~1 ms of latency after an idle period and
+a light poll while blocked. Cancellation is the state word, seen on the next poll.
+
+Dead peers. Senders record ``(pid, start time)`` with a count of open handles when they
+first put; receivers when they first get. A receiver blocked on an empty ring checks
+every 0.2 s whether a sender with open handles has died (start time from ``/proc``, so
+zombies and reused pids count as dead) and then breaks the channel, naming the pid.
+A sender blocked on a full ring does the same when every receiver that ever got
+something is dead.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import struct
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from functools import partial
+from time import monotonic, sleep
+
+from conveyor._shm import SHM_DIR, Segment, _start_time
+from conveyor.errors import ChannelBroken, ChannelClosed
+
+HEADER = 4096
+MAGIC = 0x434F4E5645590001
+M32 = 0xFFFFFFFF
+_TAIL, _HEAD, _STATE, _CLOSED = 0, 1, 2, 3  # word indexes
+_FIXED = struct.Struct("QQQQ")  # magic, capacity, maxsize, senders at byte 32
+_BROKEN = struct.Struct("QQ")  # pid, message length at byte 64
+_MSG_AT, _MSG_MAX = 80, 400
+_SLOT = struct.Struct("qqq")
+_NSLOTS = 64
+_SEND_SLOTS, _RECV_SLOTS = 512, 2048
+
+CANCELLED, SENDER_DIED, RECEIVER_DIED = 1, 2, 3
+_REASONS = {CANCELLED: "cancelled", SENDER_DIED: "sender died", RECEIVER_DIED: "receiver died"}
+
+SPIN, YIELDS, MAX_SLEEP, PEER_CHECK = 200, 20, 1e-3, 0.2
+# On a weakly ordered CPU the unlocked tail/head reads need the barrier of a shared lock.
+_SPLIT_LOCKS = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
+_SEND_BYTE, _RECV_BYTE = 0, (1 if _SPLIT_LOCKS else 0)
+
+Record = tuple[bytes, int]  # payload, flags
+
+
+def _my_start() -> int:
+    return int(_start_time(os.getpid()) or 0)
+
+
+def alive(pid: int, start: int) -> bool:
+    """Whether ``pid`` runs and is the same process that started at ``start``."""
+    return _start_time(pid) == str(start)
+
+
+class Ring:
+    """A bounded ring of byte records in shared memory; see the module docstring.
+
+    ``put``/``get`` move pre-serialised records; :class:`conveyor.Channel` does the
+    pickling. Obtain one with :meth:`create` or :func:`open_ring`, never directly.
+
+    Example::
+
+        ring = Ring.create(capacity=1024, maxsize=0, senders=1)
+        ring.put([(b"hi", 0)], timeout=None)
+        assert ring.get(1, timeout=None) == [(b"hi", 0)]
+        ring.destroy()
+    """
+
+    def __init__(self, seg: Segment) -> None:
+        self.seg = seg
+        self.name = seg.name
+        self._w = seg.buf.cast("Q")
+        self._data = seg.buf[HEADER:]
+        magic, self.capacity, self.maxsize, self.senders = _FIXED.unpack_from(seg.buf, 32)
+        if magic != MAGIC:
+            raise ChannelBroken(f"shared memory {self.name} is not a conveyor channel", "gone")
+        self.tag = self.name.rsplit("_", 1)[1]
+        self._fd = os.open(SHM_DIR / self.name, os.O_RDWR)
+        self._start = _my_start()
+        self._sweeper: weakref.finalize[[str], Ring] | None = None
+        self._send_tlock = threading.Lock()
+        self._recv_tlock = threading.Lock() if _SPLIT_LOCKS else self._send_tlock
+        self._recv_registered = False
+
+    @classmethod
+    def create(cls, capacity: int, maxsize: int, senders: int) -> Ring:
+        seg = Segment.create(HEADER + capacity, "chan")
+        _FIXED.pack_into(seg.buf, 32, MAGIC, capacity, maxsize, senders)
+        ring = cls(seg)
+        # Large items' blocks pass from sender to receiver; unread ones die with the ring.
+        ring._sweeper = weakref.finalize(ring, sweep_blocks, ring.tag)
+        _RINGS[ring.name] = ring
+        _watch_forks()
+        return ring
+
+    # -- locking -------------------------------------------------------------------
+
+    def _lock(self, tlock: threading.Lock, byte: int) -> None:
+        tlock.acquire()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, byte)
+        except BaseException:
+            tlock.release()
+            raise
+
+    def _unlock(self, tlock: threading.Lock, byte: int) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
+        finally:
+            tlock.release()
+
+    # -- counts ----------------------------------------------------------------------
+
+    def _used(self, tail_w: int, head_w: int) -> tuple[int, int]:
+        """(items, bytes) in the ring for this pair of words."""
+        count = ((tail_w >> 32) - (head_w >> 32)) & M32
+        if not count:
+            return 0, 0
+        return count, ((tail_w & M32) - (head_w & M32)) % self.capacity or self.capacity
+
+    def qsize(self) -> int:
+        return self._used(self._w[_TAIL], self._w[_HEAD])[0]
+
+    def nbytes(self) -> int:
+        return self._used(self._w[_TAIL], self._w[_HEAD])[1]
+
+    def closed_senders(self) -> int:
+        return int(self._w[_CLOSED])
+
+    def record_size(self, n: int) -> int:
+        return 8 + ((n + 7) & ~7)
+
+    # -- sending ------------------------------------------------------------------------
+
+    def put(self, records: Sequence[Record], timeout: float | None) -> int:
+        """Write all ``records`` in order, blocking for room; returns how many went in.
+
+        Fewer than ``len(records)`` only when ``timeout`` ran out. Every record must
+        fit the ring (the caller checks against :attr:`capacity`).
+        """
+        done = self._write(records, 0)
+        if done == len(records) or (timeout is not None and timeout <= 0):
+            return done
+        deadline = None if timeout is None else monotonic() + timeout
+        while done < len(records):
+            need = self.record_size(len(records[done][0]))
+            if not self._poll(partial(self._has_room, need), deadline, self._check_receivers):
+                break
+            done = self._write(records, done)
+        return done
+
+    def _has_room(self, need: int) -> bool:
+        count, used = self._used(self._w[_TAIL], self._w[_HEAD])
+        return not (self.maxsize and count >= self.maxsize) and need <= self.capacity - used
+
+    def _write(self, records: Sequence[Record], i: int) -> int:
+        self._lock(self._send_tlock, _SEND_BYTE)
+        try:
+            w, data, cap, maxsize = self._w, self._data, self.capacity, self.maxsize
+            if w[_STATE]:
+                raise self.broken_error()
+            tail_w = w[_TAIL]
+            count, used = self._used(tail_w, w[_HEAD])
+            nput, tail = tail_w >> 32, tail_w & M32
+            start = i
+            while i < len(records):
+                rec, flags = records[i]
+                n = len(rec)
+                need = 8 + ((n + 7) & ~7)
+                if (maxsize and count >= maxsize) or need > cap - used:
+                    break
+                w[(HEADER + tail) >> 3] = n | flags << 32
+                p = tail + 8
+                if p == cap:
+                    p = 0
+                if p + n <= cap:
+                    data[p : p + n] = rec
+                else:
+                    first = cap - p
+                    view = memoryview(rec)
+                    data[p:cap] = view[:first]
+                    data[: n - first] = view[first:]
+                tail = (tail + need) % cap
+                used += need
+                count += 1
+                i += 1
+            if i > start:
+                # Publication: the records are in place; this one store makes them visible.
+                w[_TAIL] = ((nput + i - start) & M32) << 32 | tail
+            return i
+        finally:
+            self._unlock(self._send_tlock, _SEND_BYTE)
+
+    def register_sender(self) -> int:
+        """Count one more open sender handle in this process; returns its slot or -1."""
+        me, start = os.getpid(), self._start
+        self._lock(self._send_tlock, _SEND_BYTE)
+        try:
+            free = -1
+            for k in range(_NSLOTS):
+                off = _SEND_SLOTS + k * _SLOT.size
+                pid, started, opened = _SLOT.unpack_from(self.seg.buf, off)
+                if pid == me and started == start:
+                    _SLOT.pack_into(self.seg.buf, off, me, start, opened + 1)
+                    return k
+                if free < 0 and (pid == 0 or opened <= 0 or not alive(pid, started)):
+                    free = k
+            if free >= 0:
+                _SLOT.pack_into(self.seg.buf, _SEND_SLOTS + free * _SLOT.size, me, start, 1)
+            return free  # -1: table full; this handle's death goes unnoticed
+        finally:
+            self._unlock(self._send_tlock, _SEND_BYTE)
+
+    def close_sender(self, slot: int) -> None:
+        """One sender handle is done: count the close, then release its slot."""
+        self._lock(self._send_tlock, _SEND_BYTE)
+        try:
+            # Count first: a kill between the two stores leaves a dead "open" slot,
+            # which can only ever turn an end of stream into ChannelBroken, not a hang.
+            self._w[_CLOSED] += 1
+            if slot >= 0:
+                off = _SEND_SLOTS + slot * _SLOT.size
+                pid, started, opened = _SLOT.unpack_from(self.seg.buf, off)
+                if pid == os.getpid():
+                    _SLOT.pack_into(self.seg.buf, off, pid, started, max(opened - 1, 0))
+        finally:
+            self._unlock(self._send_tlock, _SEND_BYTE)
+
+    # -- receiving ----------------------------------------------------------------------
+
+    def get(self, max_items: int, timeout: float | None) -> list[Record]:
+        """Take 1 to ``max_items`` records, blocking until there is one.
+
+        Returns ``[]`` when ``timeout`` ran out; raises ``ChannelClosed`` at end of
+        stream and ``ChannelBroken`` when the channel broke.
+        """
+        if not self._recv_registered:
+            self._register_receiver()
+        got = self._read(max_items)
+        if got or (timeout is not None and timeout <= 0):
+            if not got:
+                self._check_end()
+            return got
+        deadline = None if timeout is None else monotonic() + timeout
+        while not got:
+            if not self._poll(self._readable, deadline, self._check_senders):
+                return []
+            got = self._read(max_items)
+        return got
+
+    def _readable(self) -> bool:
+        w = self._w
+        if (w[_TAIL] ^ w[_HEAD]) >> 32:
+            return True
+        self._check_end()
+        return False
+
+    def _check_end(self) -> None:
+        # Read "closed" before the counts: a sender publishes its last item before it
+        # closes, so seeing every close and then an empty ring means truly drained.
+        w = self._w
+        if w[_CLOSED] >= self.senders and not (w[_TAIL] ^ w[_HEAD]) >> 32:
+            raise ChannelClosed("end of stream: every sender closed and the channel is drained")
+
+    def _read(self, max_items: int) -> list[Record]:
+        self._lock(self._recv_tlock, _RECV_BYTE)
+        try:
+            w, data, cap = self._w, self._data, self.capacity
+            if w[_STATE]:
+                raise self.broken_error()
+            tail_w, head_w = w[_TAIL], w[_HEAD]
+            take = min(((tail_w >> 32) - (head_w >> 32)) & M32, max_items)
+            out: list[Record] = []
+            head = head_w & M32
+            for _ in range(take):
+                prefix = w[(HEADER + head) >> 3]
+                n = prefix & M32
+                p = head + 8
+                if p == cap:
+                    p = 0
+                if p + n <= cap:
+                    out.append((bytes(data[p : p + n]), prefix >> 32))
+                else:
+                    rec = bytes(data[p:cap]) + bytes(data[: n - (cap - p)])
+                    out.append((rec, prefix >> 32))
+                head = (head + 8 + ((n + 7) & ~7)) % cap
+            if take:
+                w[_HEAD] = (((head_w >> 32) + take) & M32) << 32 | head
+            return out
+        finally:
+            self._unlock(self._recv_tlock, _RECV_BYTE)
+
+    def _register_receiver(self) -> None:
+        me, start = os.getpid(), self._start
+        self._lock(self._recv_tlock, _RECV_BYTE)
+        try:
+            free = -1
+            for k in range(_NSLOTS):
+                off = _RECV_SLOTS + k * _SLOT.size
+                pid, started, _ = _SLOT.unpack_from(self.seg.buf, off)
+                if pid == me and started == start:
+                    break
+                if free < 0 and (pid == 0 or not alive(pid, started)):
+                    free = k
+            else:
+                if free >= 0:
+                    _SLOT.pack_into(self.seg.buf, _RECV_SLOTS + free * _SLOT.size, me, start, 1)
+            self._recv_registered = True
+        finally:
+            self._unlock(self._recv_tlock, _RECV_BYTE)
+
+    # -- waiting and breaking ---------------------------------------------------------
+
+    def _poll(
+        self, ready: Callable[[], bool], deadline: float | None, check_peers: Callable[[], None]
+    ) -> bool:
+        """Wait until ``ready()``; False if ``deadline`` passed first. See module docstring."""
+        w = self._w
+        spins = 0
+        delay = 1e-5
+        next_check = monotonic() + PEER_CHECK
+        while True:
+            if w[_STATE]:
+                raise self.broken_error()
+            if ready():
+                return True
+            spins += 1
+            if spins < SPIN:
+                continue
+            if spins < SPIN + YIELDS:
+                os.sched_yield()
+            else:
+                sleep(delay)
+                delay = min(delay * 2, MAX_SLEEP)
+            now = monotonic()
+            if deadline is not None and now >= deadline:
+                return False
+            if now >= next_check:
+                check_peers()
+                next_check = now + PEER_CHECK
+
+    def _slots(self, at: int) -> list[tuple[int, int, int]]:
+        return [_SLOT.unpack_from(self.seg.buf, at + k * _SLOT.size) for k in range(_NSLOTS)]
+
+    def _check_senders(self) -> None:
+        for pid, started, opened in self._slots(_SEND_SLOTS):
+            if pid and opened > 0 and not alive(pid, started):
+                # It may have published its last items just before dying: deliver those.
+                if (self._w[_TAIL] ^ self._w[_HEAD]) >> 32:
+                    return
+                self.break_(
+                    SENDER_DIED,
+                    pid,
+                    f"sender process {pid} died without closing the channel; "
+                    f"{self.closed_senders()} of {self.senders} senders had closed",
+                )
+                raise self.broken_error()
+
+    def _check_receivers(self) -> None:
+        slots = [(pid, started) for pid, started, _ in self._slots(_RECV_SLOTS) if pid]
+        if slots and not any(alive(pid, started) for pid, started in slots):
+            pids = ", ".join(str(pid) for pid, _ in slots)
+            self.break_(
+                RECEIVER_DIED,
+                slots[-1][0],
+                f"every receiver of the channel has exited (pids {pids}) while it was full",
+            )
+            raise self.broken_error()
+
+    def break_(self, code: int, pid: int, message: str) -> None:
+        """Break the channel for every process; the first reason given wins."""
+        if self._w[_STATE]:
+            return
+        raw = message.encode()[:_MSG_MAX]
+        self.seg.buf[_MSG_AT : _MSG_AT + len(raw)] = raw
+        _BROKEN.pack_into(self.seg.buf, 64, pid, len(raw))
+        self._w[_STATE] = code  # last: whoever sees the state sees the message
+
+    def broken_error(self) -> ChannelBroken:
+        code = int(self._w[_STATE])
+        pid, n = _BROKEN.unpack_from(self.seg.buf, 64)
+        message = bytes(self.seg.buf[_MSG_AT : _MSG_AT + n]).decode(errors="replace")
+        return ChannelBroken(message, _REASONS.get(code, "cancelled"), pid or None)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self._w[_STATE])
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def destroy(self) -> None:
+        """Unmap here; the owner also unlinks the segment. Idempotent."""
+        if _RINGS.get(self.name) is self:
+            del _RINGS[self.name]
+        if self.seg.closed:
+            return
+        self._w.release()
+        self._data.release()
+        os.close(self._fd)
+        self.seg.close()
+        if self._sweeper is not None:
+            self._sweeper()
+
+    def _after_fork(self) -> None:
+        # The child starts with no locks held (record locks are not inherited) but
+        # may have copied a thread lock mid-acquire; it must not unlink the parent's
+        # segment, and it is a new process for the peer tables.
+        self._start = _my_start()
+        self._send_tlock = threading.Lock()
+        self._recv_tlock = threading.Lock() if _SPLIT_LOCKS else self._send_tlock
+        self._recv_registered = False
+        self.seg.disown(untrack=False)
+        if self._sweeper is not None:
+            self._sweeper.detach()
+            self._sweeper = None
+
+
+class _Process:
+    """This process's pid, kept current across forks without a syscall per use."""
+
+    pid = os.getpid()
+
+
+PROCESS = _Process()
+
+
+_RINGS: weakref.WeakValueDictionary[str, Ring] = weakref.WeakValueDictionary()
+_fork_hook = False
+
+
+def _watch_forks() -> None:
+    global _fork_hook
+    if not _fork_hook:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _fork_hook = True
+
+
+def _after_fork_in_child() -> None:
+    PROCESS.pid = os.getpid()
+    for ring in list(_RINGS.values()):
+        ring._after_fork()
+
+
+def block_kind(tag: str) -> str:
+    """The segment kind of large-item blocks sent through the ring tagged ``tag``."""
+    return f"oob{tag}"
+
+
+def sweep_blocks(tag: str) -> None:
+    """Unlink every large-item block of one channel still in /dev/shm (none is readable
+    once the ring is gone)."""
+    marker = f"_{block_kind(tag)}_"
+    try:
+        names = [p.name for p in SHM_DIR.iterdir() if marker in p.name]
+    except OSError:
+        return
+    for name in names:
+        with suppress(OSError):
+            os.unlink(SHM_DIR / name)
+
+
+def open_ring(name: str) -> Ring:
+    """This process's mapping of channel ``name`` (one per process; see module docstring)."""
+    ring = _RINGS.get(name)
+    if ring is None:
+        try:
+            seg = Segment.attach(name)
+        except FileNotFoundError:
+            raise ChannelBroken(
+                f"the channel's shared memory {name} is gone: the process that created "
+                "the channel released it or exited; keep the Channel object alive in its "
+                "creator while others use it",
+                "gone",
+            ) from None
+        ring = _RINGS[name] = Ring(seg)
+        _watch_forks()
+    return ring
