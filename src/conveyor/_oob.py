@@ -42,7 +42,7 @@ class _Large(Exception):
     """Raised from the probe callback: this item needs the out-of-band path."""
 
 
-def _probe(buf: pickle.PickleBuffer) -> bool:
+def probe(buf: pickle.PickleBuffer) -> bool:
     if memoryview(buf).nbytes >= THRESHOLD:
         raise _Large
     return True  # small: keep it in band
@@ -72,7 +72,7 @@ def encode(item: object, tag: str, force_oob: bool = False) -> tuple[bytes, int,
     """
     if not force_oob and not _is_large_bytes(item):
         try:
-            return pickle.dumps(item, 5, buffer_callback=_probe), 0, []
+            return pickle.dumps(item, 5, buffer_callback=probe), 0, []
         except _Large:
             pass
         except Exception as exc:
@@ -156,11 +156,15 @@ def decode(record: bytes, flags: int) -> Any:
     try:
         return pickle.loads(main, buffers=buffers)
     except Exception as exc:
-        raise SerializationError(
-            f"an item received from the channel could not be unpickled "
-            f"({type(exc).__name__}: {exc}); is the module defining it importable here?",
-            what="item",
-        ) from exc
+        raise unpickle_error(exc) from exc
+
+
+def unpickle_error(exc: Exception) -> SerializationError:
+    return SerializationError(
+        f"an item received from the channel could not be unpickled "
+        f"({type(exc).__name__}: {exc}); is the module defining it importable here?",
+        what="item",
+    )
 
 
 def _take_blocks(names: list[tuple[str, int]]) -> list[memoryview]:

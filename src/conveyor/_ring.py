@@ -4,11 +4,11 @@ Layout: one :class:`~conveyor._shm.Segment` holds a 4 KiB header and a data area
 ``capacity`` bytes (a multiple of 8)::
 
     header  0  tail word   (items put, mod 2**32) << 32 | tail offset   written by senders
-            8  head word   (items got, mod 2**32) << 32 | head offset   written by receivers
-           16  state       0 open, else why it broke (cancelled / sender died / ...)
-           24  closed      how many senders have closed
-           32  magic, capacity, maxsize, senders (fixed at creation)
-           64  pid of whoever broke it; 72 message length; 80.. message (UTF-8)
+           64  head word   (items got, mod 2**32) << 32 | head offset   written by receivers
+          128  state       0 open, else why it broke (cancelled / sender died / ...)
+          136  closed      how many senders have closed
+          192  magic, capacity, maxsize, senders (fixed at creation)
+          224  pid of whoever broke it; 232 message length; 240.. message (UTF-8)
           512  sender slots   (pid, start time, open handles) x 64
          2048  receiver slots (pid, start time, 1) x 64
     data 4096  records: an 8-byte prefix (payload length | flags << 32), the payload,
@@ -47,7 +47,6 @@ something is dead.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import platform
 import struct
@@ -55,6 +54,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from contextlib import suppress
+from fcntl import LOCK_EX, LOCK_UN, lockf
 from functools import partial
 from time import monotonic, sleep
 
@@ -64,10 +64,13 @@ from conveyor.errors import ChannelBroken, ChannelClosed
 HEADER = 4096
 MAGIC = 0x434F4E5645590001
 M32 = 0xFFFFFFFF
-_TAIL, _HEAD, _STATE, _CLOSED = 0, 1, 2, 3  # word indexes
-_FIXED = struct.Struct("QQQQ")  # magic, capacity, maxsize, senders at byte 32
-_BROKEN = struct.Struct("QQ")  # pid, message length at byte 64
-_MSG_AT, _MSG_MAX = 80, 400
+_HALF = 2**31
+# Word indexes. Tail, head and the rest sit on separate cache lines, so a sender's
+# store does not evict what receivers poll, and the other way round.
+_TAIL, _HEAD, _STATE, _CLOSED = 0, 8, 16, 17
+_FIXED = struct.Struct("QQQQ")  # magic, capacity, maxsize, senders at byte 192
+_BROKEN = struct.Struct("QQ")  # pid, message length at byte 224
+_MSG_AT, _MSG_MAX = 240, 256
 _SLOT = struct.Struct("qqq")
 _NSLOTS = 64
 _SEND_SLOTS, _RECV_SLOTS = 512, 2048
@@ -111,7 +114,8 @@ class Ring:
         self.name = seg.name
         self._w = seg.buf.cast("Q")
         self._data = seg.buf[HEADER:]
-        magic, self.capacity, self.maxsize, self.senders = _FIXED.unpack_from(seg.buf, 32)
+        magic, self.capacity, self.maxsize, self.senders = _FIXED.unpack_from(seg.buf, 192)
+        self._maxcount = self.maxsize or 2**32
         if magic != MAGIC:
             raise ChannelBroken(f"shared memory {self.name} is not a conveyor channel", "gone")
         self.tag = self.name.rsplit("_", 1)[1]
@@ -121,11 +125,13 @@ class Ring:
         self._send_tlock = threading.Lock()
         self._recv_tlock = threading.Lock() if _SPLIT_LOCKS else self._send_tlock
         self._recv_registered = False
+        self._head_seen = self._tail_seen = 0
+        self._tail_mine = -1
 
     @classmethod
     def create(cls, capacity: int, maxsize: int, senders: int) -> Ring:
         seg = Segment.create(HEADER + capacity, "chan")
-        _FIXED.pack_into(seg.buf, 32, MAGIC, capacity, maxsize, senders)
+        _FIXED.pack_into(seg.buf, 192, MAGIC, capacity, maxsize, senders)
         ring = cls(seg)
         # Large items' blocks pass from sender to receiver; unread ones die with the ring.
         ring._sweeper = weakref.finalize(ring, sweep_blocks, ring.tag)
@@ -138,14 +144,14 @@ class Ring:
     def _lock(self, tlock: threading.Lock, byte: int) -> None:
         tlock.acquire()
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1, byte)
+            lockf(self._fd, LOCK_EX, 1, byte)
         except BaseException:
             tlock.release()
             raise
 
     def _unlock(self, tlock: threading.Lock, byte: int) -> None:
         try:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, byte)
+            lockf(self._fd, LOCK_UN, 1, byte)
         finally:
             tlock.release()
 
@@ -178,7 +184,7 @@ class Ring:
         Fewer than ``len(records)`` only when ``timeout`` ran out. Every record must
         fit the ring (the caller checks against :attr:`capacity`).
         """
-        done = self._write(records, 0)
+        done = self.write(records, 0)
         if done == len(records) or (timeout is not None and timeout <= 0):
             return done
         deadline = None if timeout is None else monotonic() + timeout
@@ -186,50 +192,99 @@ class Ring:
             need = self.record_size(len(records[done][0]))
             if not self._poll(partial(self._has_room, need), deadline, self._check_receivers):
                 break
-            done = self._write(records, done)
+            done = self.write(records, done)
         return done
 
     def _has_room(self, need: int) -> bool:
         count, used = self._used(self._w[_TAIL], self._w[_HEAD])
         return not (self.maxsize and count >= self.maxsize) and need <= self.capacity - used
 
-    def _write(self, records: Sequence[Record], i: int) -> int:
-        self._lock(self._send_tlock, _SEND_BYTE)
-        try:
-            w, data, cap, maxsize = self._w, self._data, self.capacity, self.maxsize
-            if w[_STATE]:
-                raise self.broken_error()
-            tail_w = w[_TAIL]
-            count, used = self._used(tail_w, w[_HEAD])
-            nput, tail = tail_w >> 32, tail_w & M32
-            start = i
-            while i < len(records):
-                rec, flags = records[i]
-                n = len(rec)
-                need = 8 + ((n + 7) & ~7)
-                if (maxsize and count >= maxsize) or need > cap - used:
-                    break
-                w[(HEADER + tail) >> 3] = n | flags << 32
+    def write1(self, rec: bytes) -> bool:
+        """:meth:`write` for one in-band record that fits at once; False: use the general path.
+
+        The same steps as ``write``, unrolled: this is every ``put``'s cost.
+        """
+        w, cap = self._w, self.capacity
+        n = len(rec)
+        need = 8 + ((n + 7) & ~7)
+        with self._send_tlock:
+            lockf(self._fd, LOCK_EX, 1, _SEND_BYTE)
+            try:
+                tail_w = w[_TAIL]
+                if w[_STATE]:
+                    return False
+                if tail_w != self._tail_mine:
+                    self._head_seen = w[_HEAD]
+                head_w = self._head_seen
+                tail = tail_w & M32
+                count = ((tail_w >> 32) - (head_w >> 32)) & M32
+                if count and (
+                    count >= self._maxcount or need > cap - ((tail - (head_w & M32)) % cap or cap)
+                ):
+                    if head_w == w[_HEAD]:
+                        return False
+                    self._tail_mine = -1  # makes the general path read the head again
+                    return False
                 p = tail + 8
-                if p == cap:
-                    p = 0
-                if p + n <= cap:
-                    data[p : p + n] = rec
-                else:
-                    first = cap - p
-                    view = memoryview(rec)
-                    data[p:cap] = view[:first]
-                    data[: n - first] = view[first:]
-                tail = (tail + need) % cap
-                used += need
-                count += 1
-                i += 1
-            if i > start:
-                # Publication: the records are in place; this one store makes them visible.
-                w[_TAIL] = ((nput + i - start) & M32) << 32 | tail
-            return i
-        finally:
-            self._unlock(self._send_tlock, _SEND_BYTE)
+                if p + n > cap:
+                    return False
+                w[(HEADER + tail) >> 3] = n
+                self._data[p : p + n] = rec
+                w[_TAIL] = self._tail_mine = (((tail_w >> 32) + 1) & M32) << 32 | (tail + need) % cap
+                return True
+            finally:
+                lockf(self._fd, LOCK_UN, 1, _SEND_BYTE)
+
+    def write(self, records: Sequence[Record], i: int) -> int:
+        """Write ``records[i:]`` while they fit, without waiting; returns the new ``i``."""
+        w, data, cap, maxsize, fd = self._w, self._data, self.capacity, self.maxsize, self._fd
+        with self._send_tlock:
+            lockf(fd, LOCK_EX, 1, _SEND_BYTE)
+            try:
+                if w[_STATE]:
+                    raise self.broken_error()
+                tail_w = w[_TAIL]
+                # The head we saw last time is an old, hence pessimistic, view of what
+                # receivers freed; reading the live word costs a cache miss, so only
+                # when the old view says "no room". The old view is sound only while
+                # the tail is where we left it: byte offsets wrap, and a head older
+                # than one lap of the ring would overstate the room.
+                if tail_w != self._tail_mine:
+                    self._head_seen = w[_HEAD]
+                count, used = self._used(tail_w, self._head_seen)
+                nput, tail = tail_w >> 32, tail_w & M32
+                start = i
+                while i < len(records):
+                    rec, flags = records[i]
+                    n = len(rec)
+                    need = 8 + ((n + 7) & ~7)
+                    if (maxsize and count >= maxsize) or need > cap - used:
+                        if self._head_seen == w[_HEAD]:
+                            break
+                        self._head_seen = w[_HEAD]
+                        count, used = self._used(((nput + i - start) & M32) << 32 | tail, self._head_seen)
+                        continue
+                    w[(HEADER + tail) >> 3] = n | flags << 32
+                    p = tail + 8
+                    if p == cap:
+                        p = 0
+                    if p + n <= cap:
+                        data[p : p + n] = rec
+                    else:
+                        first = cap - p
+                        view = memoryview(rec)
+                        data[p:cap] = view[:first]
+                        data[: n - first] = view[first:]
+                    tail = (tail + need) % cap
+                    used += need
+                    count += 1
+                    i += 1
+                if i > start:
+                    # Publication: the records are in place; this one store shows them.
+                    w[_TAIL] = self._tail_mine = ((nput + i - start) & M32) << 32 | tail
+                return i
+            finally:
+                lockf(fd, LOCK_UN, 1, _SEND_BYTE)
 
     def register_sender(self) -> int:
         """Count one more open sender handle in this process; returns its slot or -1."""
@@ -274,9 +329,7 @@ class Ring:
         Returns ``[]`` when ``timeout`` ran out; raises ``ChannelClosed`` at end of
         stream and ``ChannelBroken`` when the channel broke.
         """
-        if not self._recv_registered:
-            self._register_receiver()
-        got = self._read(max_items)
+        got = self.read(max_items)
         if got or (timeout is not None and timeout <= 0):
             if not got:
                 self._check_end()
@@ -285,7 +338,7 @@ class Ring:
         while not got:
             if not self._poll(self._readable, deadline, self._check_senders):
                 return []
-            got = self._read(max_items)
+            got = self.read(max_items)
         return got
 
     def _readable(self) -> bool:
@@ -302,33 +355,74 @@ class Ring:
         if w[_CLOSED] >= self.senders and not (w[_TAIL] ^ w[_HEAD]) >> 32:
             raise ChannelClosed("end of stream: every sender closed and the channel is drained")
 
-    def _read(self, max_items: int) -> list[Record]:
-        self._lock(self._recv_tlock, _RECV_BYTE)
-        try:
-            w, data, cap = self._w, self._data, self.capacity
-            if w[_STATE]:
-                raise self.broken_error()
-            tail_w, head_w = w[_TAIL], w[_HEAD]
-            take = min(((tail_w >> 32) - (head_w >> 32)) & M32, max_items)
-            out: list[Record] = []
-            head = head_w & M32
-            for _ in range(take):
+    def read1(self) -> Record | None:
+        """:meth:`read` for one record, unrolled: this is every ``get``'s cost."""
+        if not self._recv_registered:
+            self._register_receiver()
+        w, cap = self._w, self.capacity
+        with self._recv_tlock:
+            lockf(self._fd, LOCK_EX, 1, _RECV_BYTE)
+            try:
+                if w[_STATE]:
+                    raise self.broken_error()
+                head_w = w[_HEAD]
+                if (((self._tail_seen >> 32) - (head_w >> 32) - 1) & M32) >= _HALF:
+                    self._tail_seen = w[_TAIL]  # none left in our old view: look again
+                    if not (self._tail_seen ^ head_w) >> 32:
+                        return None
+                head = head_w & M32
                 prefix = w[(HEADER + head) >> 3]
                 n = prefix & M32
                 p = head + 8
                 if p == cap:
                     p = 0
                 if p + n <= cap:
-                    out.append((bytes(data[p : p + n]), prefix >> 32))
+                    rec = bytes(self._data[p : p + n])
                 else:
-                    rec = bytes(data[p:cap]) + bytes(data[: n - (cap - p)])
-                    out.append((rec, prefix >> 32))
-                head = (head + 8 + ((n + 7) & ~7)) % cap
-            if take:
+                    rec = bytes(self._data[p:cap]) + bytes(self._data[: n - (cap - p)])
+                w[_HEAD] = (((head_w >> 32) + 1) & M32) << 32 | (head + 8 + ((n + 7) & ~7)) % cap
+                return rec, prefix >> 32
+            finally:
+                lockf(self._fd, LOCK_UN, 1, _RECV_BYTE)
+
+    def read(self, max_items: int) -> list[Record]:
+        """Take up to ``max_items`` records without waiting (maybe none)."""
+        if not self._recv_registered:
+            self._register_receiver()
+        w, data, cap, fd = self._w, self._data, self.capacity, self._fd
+        with self._recv_tlock:
+            lockf(fd, LOCK_EX, 1, _RECV_BYTE)
+            try:
+                if w[_STATE]:
+                    raise self.broken_error()
+                head_w = w[_HEAD]
+                # As in write(): an old tail is a pessimistic view of what was published
+                # (other receivers may have moved the head past it: then look again).
+                avail = ((self._tail_seen >> 32) - (head_w >> 32)) & M32
+                if not avail or avail > _HALF:
+                    self._tail_seen = w[_TAIL]
+                    avail = ((self._tail_seen >> 32) - (head_w >> 32)) & M32
+                    if not avail:
+                        return []
+                take = min(avail, max_items)
+                out: list[Record] = []
+                head = head_w & M32
+                for _ in range(take):
+                    prefix = w[(HEADER + head) >> 3]
+                    n = prefix & M32
+                    p = head + 8
+                    if p == cap:
+                        p = 0
+                    if p + n <= cap:
+                        out.append((bytes(data[p : p + n]), prefix >> 32))
+                    else:
+                        rec = bytes(data[p:cap]) + bytes(data[: n - (cap - p)])
+                        out.append((rec, prefix >> 32))
+                    head = (head + 8 + ((n + 7) & ~7)) % cap
                 w[_HEAD] = (((head_w >> 32) + take) & M32) << 32 | head
-            return out
-        finally:
-            self._unlock(self._recv_tlock, _RECV_BYTE)
+                return out
+            finally:
+                lockf(fd, LOCK_UN, 1, _RECV_BYTE)
 
     def _register_receiver(self) -> None:
         me, start = os.getpid(), self._start
@@ -413,12 +507,12 @@ class Ring:
             return
         raw = message.encode()[:_MSG_MAX]
         self.seg.buf[_MSG_AT : _MSG_AT + len(raw)] = raw
-        _BROKEN.pack_into(self.seg.buf, 64, pid, len(raw))
+        _BROKEN.pack_into(self.seg.buf, 224, pid, len(raw))
         self._w[_STATE] = code  # last: whoever sees the state sees the message
 
     def broken_error(self) -> ChannelBroken:
         code = int(self._w[_STATE])
-        pid, n = _BROKEN.unpack_from(self.seg.buf, 64)
+        pid, n = _BROKEN.unpack_from(self.seg.buf, 224)
         message = bytes(self.seg.buf[_MSG_AT : _MSG_AT + n]).decode(errors="replace")
         return ChannelBroken(message, _REASONS.get(code, "cancelled"), pid or None)
 
@@ -449,6 +543,8 @@ class Ring:
         self._send_tlock = threading.Lock()
         self._recv_tlock = threading.Lock() if _SPLIT_LOCKS else self._send_tlock
         self._recv_registered = False
+        self._head_seen = self._tail_seen = 0
+        self._tail_mine = -1
         self.seg.disown(untrack=False)
         if self._sweeper is not None:
             self._sweeper.detach()
