@@ -95,6 +95,19 @@ class Channel(Generic[T]):
     def __reduce__(self) -> tuple[Any, ...]:
         return _reopen, (self._ring.name,)
 
+    def clone(self) -> Channel[T]:
+        """Another handle on the same channel, with a close of its own.
+
+        For several senders in one process (threads): each needs its own handle,
+        since each handle counts one ``close()``. Pickling a handle does the same.
+
+        Example::
+
+            with ch.clone() as mine:    # in each of N sender threads (senders=N)
+                mine.put(item)
+        """
+        return _reopen(self._ring.name)
+
     # -- sending -----------------------------------------------------------------------
 
     def put(self, item: T, timeout: float | None = None) -> None:

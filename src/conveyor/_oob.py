@@ -4,13 +4,13 @@ Small items are one ``pickle.dumps(item, 5)``: the record *is* the pickle. Lambd
 closures, which plain pickle refuses, fall back to cloudpickle (loaded on first need).
 
 Large buffers (a contiguous numpy array, ``bytes`` or ``bytearray`` of at least
-:data:`THRESHOLD` bytes, also nested inside other objects) would cost two copies
-through the ring and could not exceed its size. Instead each goes into a block of
-its own: pickle protocol 5 hands us the buffer (numpy's ``__reduce_ex__`` does so by
-itself; ``bytes``/``bytearray`` via ``reducer_override``), we ``pwrite`` it into a
-fresh :class:`~conveyor._shm.Segment` (one copy, done by the kernel, which is about
-twice as fast here as faulting in a fresh mapping and copying into it), and the record
-carries the small pickle plus the blocks' names.
+:data:`THRESHOLD` bytes, also inside other objects) would cost two copies through the
+ring and could not exceed its size. Instead each goes into a block of its own: pickle
+protocol 5 hands us the buffer (numpy's ``__reduce_ex__`` does so by itself; large
+``bytes``/``bytearray``, also inside lists, tuples and dicts, through a stand-in), we
+``pwrite`` it into a fresh :class:`~conveyor._shm.Segment` (one copy, done by the
+kernel, about twice as fast here as faulting in a fresh mapping and copying into it),
+and the record carries the small pickle plus the blocks' names.
 
 Ownership travels with the record. The sender creates the block (so a sender killed
 before publishing leaves it to its resource tracker), and after publishing disowns it.
@@ -25,7 +25,6 @@ when the channel's creator releases the ring.
 
 from __future__ import annotations
 
-import io
 import os
 import pickle
 from contextlib import suppress
@@ -57,11 +56,33 @@ def _rebuild_bytes(is_bytes: bool, buf: memoryview) -> bytes | bytearray:
     return bytes(buf) if is_bytes else bytearray(buf)
 
 
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj: Any) -> Any:
-        if _is_large_bytes(obj):
-            return _rebuild_bytes, (type(obj) is bytes, pickle.PickleBuffer(obj))
-        return NotImplemented
+class _LargeBytes:
+    """Stands in for a large ``bytes``/``bytearray`` so that pickle hands us its buffer.
+
+    (``Pickler.reducer_override`` would be the natural hook, but pickle never calls it
+    for exact ``bytes``, ``list``, ``tuple`` or ``dict``.)
+    """
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: bytes | bytearray) -> None:
+        self.obj = obj
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return _rebuild_bytes, (type(self.obj) is bytes, pickle.PickleBuffer(self.obj))
+
+
+def _wrap_large_bytes(obj: Any, depth: int = 4) -> Any:
+    """``obj`` with large bytes, also inside lists, tuples and dicts, wrapped."""
+    if _is_large_bytes(obj):
+        return _LargeBytes(obj)
+    if depth:
+        t = type(obj)
+        if t is list or t is tuple:
+            return t(_wrap_large_bytes(x, depth - 1) for x in obj)
+        if t is dict:
+            return {k: _wrap_large_bytes(v, depth - 1) for k, v in obj.items()}
+    return obj
 
 
 def encode(item: object, tag: str, force_oob: bool = False) -> tuple[bytes, int, list[Segment]]:
@@ -90,10 +111,8 @@ def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
         views.append(view)
         return False
 
-    out = io.BytesIO()
     try:
-        _Pickler(out, 5, buffer_callback=keep).dump(item)
-        main = out.getvalue()
+        main = pickle.dumps(_wrap_large_bytes(item), 5, buffer_callback=keep)
     except Exception as exc:
         views.clear()
         main = _cloudpickle(item, exc, keep)
