@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import conveyor
+from conftest import conveyor_segments
 from conveyor import (
     Channel,
     ChannelBroken,
@@ -23,7 +24,6 @@ from conveyor import (
     SerializationError,
 )
 from conveyor._oob import THRESHOLD
-from conftest import conveyor_segments
 
 MakeChannel = Callable[..., Channel[Any]]
 
