@@ -12,8 +12,10 @@ protocol 5 hands us the buffer (numpy's ``__reduce_ex__`` does so by itself; lar
 kernel, about twice as fast here as faulting in a fresh mapping and copying into it),
 and the record carries the small pickle plus the blocks' names.
 
-Ownership travels with the record. The sender creates the block (so a sender killed
-before publishing leaves it to its resource tracker), and after publishing disowns it.
+Ownership travels with the record. The sender creates the block and after publishing
+disowns it, but leaves it registered with the resource tracker, which the process
+family shares: whoever is killed when, a block nobody took is unlinked at the latest
+when the family exits.
 The receiver maps the block and unlinks its name at once: the memory lives exactly as
 long as the receiver's mapping, i.e. until the numpy array built on it (zero copies on
 this side) is garbage. ``bytes`` and ``bytearray`` must own their memory, so the
@@ -30,7 +32,7 @@ import pickle
 from contextlib import suppress
 from typing import Any
 
-from conveyor._shm import SHM_DIR, Segment
+from conveyor._shm import SHM_DIR, Segment, _untrack
 from conveyor.errors import ChannelBroken, SerializationError, short_repr
 
 THRESHOLD = 256 * 1024
@@ -153,9 +155,14 @@ def _fill(name: str, view: memoryview) -> None:
 
 
 def handed_over(blocks: list[Segment]) -> None:
-    """The record is published: the receiver owns the blocks now."""
+    """The record is published: the receiver owns the blocks now.
+
+    They stay registered with the resource tracker (shared by the process family), so
+    a block whose receiver never comes is still unlinked when the family exits even if
+    everyone was killed; the receiver unregisters what it takes.
+    """
     for block in blocks:
-        block.disown()
+        block.disown(untrack=False)
         block.close()
 
 
@@ -199,6 +206,7 @@ def _take_blocks(names: list[tuple[str, int]]) -> list[memoryview]:
         # when the last view of our mapping does.
         with suppress(FileNotFoundError):
             os.unlink(SHM_DIR / name)
+        _untrack(name)
         views.append(block.buf[:size])
     if missing:
         raise ChannelBroken(

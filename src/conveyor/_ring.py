@@ -58,7 +58,7 @@ from fcntl import LOCK_EX, LOCK_UN, lockf
 from functools import partial
 from time import monotonic, sleep
 
-from conveyor._shm import SHM_DIR, Segment, _start_time
+from conveyor._shm import SHM_DIR, Segment, _start_time, _untrack
 from conveyor.errors import ChannelBroken, ChannelClosed
 
 HEADER = 4096
@@ -593,6 +593,7 @@ def sweep_blocks(tag: str) -> None:
     for name in names:
         with suppress(OSError):
             os.unlink(SHM_DIR / name)
+            _untrack(name)
 
 
 def open_ring(name: str) -> Ring:
