@@ -28,8 +28,15 @@ from conveyor import Channel, ChannelBroken, ChannelClosed
 from conveyor._ring import HEADER, M32
 ctx = mp.get_context(sys.argv[1])
 
+TAGS = []  # every channel this scenario made, to look for its leftovers afterwards
+
+def new_channel(**kwargs):
+    ch = Channel(**kwargs)
+    TAGS.append(ch._ring.tag)
+    return ch
+
 def report(**facts):
-    print(json.dumps(facts), flush=True)
+    print(json.dumps(dict(facts, tags=TAGS)), flush=True)
 
 def hold_lock_then_die(ch, which, ready):
     ring = ch._ring
@@ -65,7 +72,7 @@ SCENARIOS = {
     # The holder of the senders' lock (or the receivers') dies: the kernel drops the lock.
     "lock holder killed": """
 for which in ("send", "recv"):
-    ch = Channel(maxsize=100)
+    ch = new_channel(maxsize=100)
     ready = ctx.Event()
     p = start(hold_lock_then_die, ch, which, ready)
     ready.wait(30)
@@ -81,7 +88,7 @@ report(ok=True)
 """,
     # Killed in the middle of writing a record: it was never published, nobody sees it.
     "writer killed mid-record": """
-ch = Channel()
+ch = new_channel()
 p = start(half_write_then_die, ch)
 p.join()
 for i in range(300):
@@ -94,7 +101,7 @@ report(ok=True, exitcode=p.exitcode)
 """,
     # A consumer dies right after taking an item: the others go on to the end.
     "consumer killed after taking an item": """
-ch = Channel(maxsize=10)
+ch = new_channel(maxsize=10)
 p = start(take_one_then_die, ch)
 time.sleep(0.2)
 feeder = threading.Thread(target=stream, args=(ch.clone(), 500))
@@ -111,7 +118,7 @@ report(ok=True, got=len(got))
     "producer killed at a random moment": """
 delays = []
 for trial in range(3):
-    ch = Channel(maxsize=5, senders=2)
+    ch = new_channel(maxsize=5, senders=2)
     p = start(stream, ch, 10**7)
     while not ch.qsize():  # a sender that dies before its first put is invisible
         time.sleep(0.01)
@@ -134,7 +141,7 @@ report(ok=True, delays=delays)
 """,
     # The only consumer dies while the producer waits on a full channel.
     "every consumer killed while full": """
-ch = Channel(maxsize=2)
+ch = new_channel(maxsize=2)
 p = start(take_one_then_die, ch)
 t0 = time.monotonic()
 try:
@@ -159,7 +166,6 @@ def run_scenario(name: str, start_method: str = "fork", timeout: float = 60) -> 
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "scenario.py"
         script.write_text(code)
-        before = _segments()
         proc = subprocess.run(
             [sys.executable, str(script), start_method],
             capture_output=True,
@@ -168,18 +174,20 @@ def run_scenario(name: str, start_method: str = "fork", timeout: float = 60) -> 
         )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    _assert_no_leftovers(before, proc_pid=None)
+    assert result["tags"]
+    _assert_no_leftovers(result["tags"])
     return result
 
 
-def _segments() -> set[str]:
-    return {p.name for p in Path("/dev/shm").iterdir() if "conveyor" in p.name}
+def _segments(tags: list[str]) -> set[str]:
+    # Only this scenario's channels: other test runs may share /dev/shm.
+    return {p.name for p in Path("/dev/shm").iterdir() if any(t in p.name for t in tags)}
 
 
-def _assert_no_leftovers(before: set[str], proc_pid: int | None) -> None:
+def _assert_no_leftovers(tags: list[str]) -> None:
     # The scenario's resource tracker may take a moment to finish after it exits.
     deadline = time.monotonic() + 5
-    while (left := _segments() - before) and time.monotonic() < deadline:
+    while (left := _segments(tags)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not left, f"segments left behind: {sorted(left)}"
 
@@ -214,14 +222,13 @@ idle.get(timeout=60) if sys.argv[1] == "get" else time.sleep(60)
     [(signal.SIGINT, "get"), (signal.SIGINT, "sleep"), (signal.SIGTERM, "sleep"), (signal.SIGKILL, "get")],
 )
 def test_creator_interrupted_or_killed_leaves_no_segments(sig: int, mode: str) -> None:
-    before = _segments()
     proc = subprocess.Popen(
         [sys.executable, "-c", SIGNALLED, mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
         tag = proc.stdout.readline().strip()
-        assert any(tag in name for name in _segments())
+        assert len(_segments([tag])) == 2  # the ring and the unread array's block
         time.sleep(0.3)  # into the blocking call
         os.kill(proc.pid, sig)
         proc.wait(30)
@@ -231,4 +238,4 @@ def test_creator_interrupted_or_killed_leaves_no_segments(sig: int, mode: str) -
             proc.wait()
         proc.stdout.close()  # type: ignore[union-attr]
         proc.stderr.close()  # type: ignore[union-attr]
-    _assert_no_leftovers(before, proc.pid)
+    _assert_no_leftovers([tag])

@@ -239,7 +239,7 @@ class Channel(Generic[T]):
         ring = self._ring
         got = ring.read1()
         if got is None:
-            waited = ring.get(1, timeout)
+            waited = ring.get(1, timeout, tried=True)
             if not waited:
                 raise ChannelEmpty(f"nothing arrived within {timeout} s")
             got = waited[0]

@@ -215,3 +215,17 @@ def _take_blocks(names: list[tuple[str, int]]) -> list[memoryview]:
             "gone",
         )
     return views
+
+
+def sweep_blocks(tag: str) -> None:
+    """Unlink every block of the channel tagged ``tag`` still in /dev/shm: once its
+    ring is gone, none of them can be received."""
+    marker = f"_oob{tag}_"
+    try:
+        names = [p.name for p in SHM_DIR.iterdir() if marker in p.name]
+    except OSError:
+        return
+    for name in names:
+        with suppress(OSError):
+            os.unlink(SHM_DIR / name)
+            _untrack(name)

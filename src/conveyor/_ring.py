@@ -9,8 +9,8 @@ Layout: one :class:`~conveyor._shm.Segment` holds a 4 KiB header and a data area
           136  closed      how many senders have closed
           192  magic, capacity, maxsize, senders (fixed at creation)
           224  pid of whoever broke it; 232 message length; 240.. message (UTF-8)
-          512  sender slots   (pid, start time, open handles) x 64
-         2048  receiver slots (pid, start time, 1) x 64
+          512  sender rows   (pid, start time, open handles) x 64    see _peers.py
+         2048  receiver rows (pid, start time, 1) x 64
     data 4096  records: an 8-byte prefix (payload length | flags << 32), the payload,
                padding to 8 bytes; a payload may wrap around the end, a prefix never does
 
@@ -37,12 +37,10 @@ doubling from 10 us to 1 ms. No doorbell means no wake-up state that a killed pr
 could leave half-updated; the price is up to ~1 ms of latency after an idle period and
 a light poll while blocked. Cancellation is the state word, seen on the next poll.
 
-Dead peers. Senders record ``(pid, start time)`` with a count of open handles when they
-first put; receivers when they first get. A receiver blocked on an empty ring checks
-every 0.2 s whether a sender with open handles has died (start time from ``/proc``, so
-zombies and reused pids count as dead) and then breaks the channel, naming the pid.
-A sender blocked on a full ring does the same when every receiver that ever got
-something is dead.
+Dead peers (tables in _peers.py). A receiver blocked on an empty ring checks every
+0.2 s whether a sender with open handles has died, and then breaks the channel,
+naming the pid. A sender blocked on a full ring does the same when every receiver
+that ever got something is dead.
 """
 
 from __future__ import annotations
@@ -53,12 +51,13 @@ import struct
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from contextlib import suppress
 from fcntl import LOCK_EX, LOCK_UN, lockf
 from functools import partial
 from time import monotonic, sleep
 
-from conveyor._shm import SHM_DIR, Segment, _start_time, _untrack
+from conveyor import _peers as peers
+from conveyor._oob import sweep_blocks
+from conveyor._shm import SHM_DIR, Segment
 from conveyor.errors import ChannelBroken, ChannelClosed
 
 HEADER = 4096
@@ -71,9 +70,7 @@ _TAIL, _HEAD, _STATE, _CLOSED = 0, 8, 16, 17
 _FIXED = struct.Struct("QQQQ")  # magic, capacity, maxsize, senders at byte 192
 _BROKEN = struct.Struct("QQ")  # pid, message length at byte 224
 _MSG_AT, _MSG_MAX = 240, 256
-_SLOT = struct.Struct("qqq")
-_NSLOTS = 64
-_SEND_SLOTS, _RECV_SLOTS = 512, 2048
+_SEND_ROWS, _RECV_ROWS = 512, 512 + peers.SIZE  # two peer tables, each 1.5 KiB
 
 CANCELLED, SENDER_DIED, RECEIVER_DIED = 1, 2, 3
 _REASONS = {CANCELLED: "cancelled", SENDER_DIED: "sender died", RECEIVER_DIED: "receiver died"}
@@ -84,15 +81,6 @@ _SPLIT_LOCKS = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
 _SEND_BYTE, _RECV_BYTE = 0, (1 if _SPLIT_LOCKS else 0)
 
 Record = tuple[bytes, int]  # payload, flags
-
-
-def _my_start() -> int:
-    return int(_start_time(os.getpid()) or 0)
-
-
-def alive(pid: int, start: int) -> bool:
-    """Whether ``pid`` runs and is the same process that started at ``start``."""
-    return _start_time(pid) == str(start)
 
 
 class Ring:
@@ -120,13 +108,15 @@ class Ring:
             raise ChannelBroken(f"shared memory {self.name} is not a conveyor channel", "gone")
         self.tag = self.name.rsplit("_", 1)[1]
         self._fd = os.open(SHM_DIR / self.name, os.O_RDWR)
-        self._start = _my_start()
+        self._start = peers.my_start()
         self._sweeper: weakref.finalize[[str], Ring] | None = None
         self._send_tlock = threading.Lock()
         self._recv_tlock = threading.Lock() if _SPLIT_LOCKS else self._send_tlock
         self._recv_registered = False
         self._head_seen = self._tail_seen = 0
         self._tail_mine = -1
+        self._senders = peers.PeerTable(seg.buf, _SEND_ROWS)
+        self._receivers = peers.PeerTable(seg.buf, _RECV_ROWS)
 
     @classmethod
     def create(cls, capacity: int, maxsize: int, senders: int) -> Ring:
@@ -287,49 +277,34 @@ class Ring:
                 lockf(fd, LOCK_UN, 1, _SEND_BYTE)
 
     def register_sender(self) -> int:
-        """Count one more open sender handle in this process; returns its slot or -1."""
-        me, start = os.getpid(), self._start
+        """Count one more open sender handle in this process; returns its row or -1."""
         self._lock(self._send_tlock, _SEND_BYTE)
         try:
-            free = -1
-            for k in range(_NSLOTS):
-                off = _SEND_SLOTS + k * _SLOT.size
-                pid, started, opened = _SLOT.unpack_from(self.seg.buf, off)
-                if pid == me and started == start:
-                    _SLOT.pack_into(self.seg.buf, off, me, start, opened + 1)
-                    return k
-                if free < 0 and (pid == 0 or opened <= 0 or not alive(pid, started)):
-                    free = k
-            if free >= 0:
-                _SLOT.pack_into(self.seg.buf, _SEND_SLOTS + free * _SLOT.size, me, start, 1)
-            return free  # -1: table full; this handle's death goes unnoticed
+            return self._senders.claim(os.getpid(), self._start, count=True)
         finally:
             self._unlock(self._send_tlock, _SEND_BYTE)
 
-    def close_sender(self, slot: int) -> None:
-        """One sender handle is done: count the close, then release its slot."""
+    def close_sender(self, row: int) -> None:
+        """One sender handle is done: count the close, then release its row."""
         self._lock(self._send_tlock, _SEND_BYTE)
         try:
-            # Count first: a kill between the two stores leaves a dead "open" slot,
+            # Count first: a kill between the two stores leaves a dead "open" row,
             # which can only ever turn an end of stream into ChannelBroken, not a hang.
             self._w[_CLOSED] += 1
-            if slot >= 0:
-                off = _SEND_SLOTS + slot * _SLOT.size
-                pid, started, opened = _SLOT.unpack_from(self.seg.buf, off)
-                if pid == os.getpid():
-                    _SLOT.pack_into(self.seg.buf, off, pid, started, max(opened - 1, 0))
+            self._senders.release(row, os.getpid())
         finally:
             self._unlock(self._send_tlock, _SEND_BYTE)
 
     # -- receiving ----------------------------------------------------------------------
 
-    def get(self, max_items: int, timeout: float | None) -> list[Record]:
+    def get(self, max_items: int, timeout: float | None, tried: bool = False) -> list[Record]:
         """Take 1 to ``max_items`` records, blocking until there is one.
 
         Returns ``[]`` when ``timeout`` ran out; raises ``ChannelClosed`` at end of
-        stream and ``ChannelBroken`` when the channel broke.
+        stream and ``ChannelBroken`` when the channel broke. ``tried``: the caller
+        has just found the ring empty, so start by waiting.
         """
-        got = self.read(max_items)
+        got = [] if tried else self.read(max_items)
         if got or (timeout is not None and timeout <= 0):
             if not got:
                 self._check_end()
@@ -425,20 +400,9 @@ class Ring:
                 lockf(fd, LOCK_UN, 1, _RECV_BYTE)
 
     def _register_receiver(self) -> None:
-        me, start = os.getpid(), self._start
         self._lock(self._recv_tlock, _RECV_BYTE)
         try:
-            free = -1
-            for k in range(_NSLOTS):
-                off = _RECV_SLOTS + k * _SLOT.size
-                pid, started, _ = _SLOT.unpack_from(self.seg.buf, off)
-                if pid == me and started == start:
-                    break
-                if free < 0 and (pid == 0 or not alive(pid, started)):
-                    free = k
-            else:
-                if free >= 0:
-                    _SLOT.pack_into(self.seg.buf, _RECV_SLOTS + free * _SLOT.size, me, start, 1)
+            self._receivers.claim(os.getpid(), self._start, count=False)
             self._recv_registered = True
         finally:
             self._unlock(self._recv_tlock, _RECV_BYTE)
@@ -473,31 +437,26 @@ class Ring:
                 check_peers()
                 next_check = now + PEER_CHECK
 
-    def _slots(self, at: int) -> list[tuple[int, int, int]]:
-        return [_SLOT.unpack_from(self.seg.buf, at + k * _SLOT.size) for k in range(_NSLOTS)]
-
     def _check_senders(self) -> None:
-        for pid, started, opened in self._slots(_SEND_SLOTS):
-            if pid and opened > 0 and not alive(pid, started):
-                # It may have published its last items just before dying: deliver those.
-                if (self._w[_TAIL] ^ self._w[_HEAD]) >> 32:
-                    return
-                self.break_(
-                    SENDER_DIED,
-                    pid,
-                    f"sender process {pid} died without closing the channel; "
-                    f"{self.closed_senders()} of {self.senders} senders had closed",
-                )
-                raise self.broken_error()
+        pid = self._senders.dead_with_open_handles()
+        # It may have published its last items just before dying: deliver those first.
+        if pid is not None and not (self._w[_TAIL] ^ self._w[_HEAD]) >> 32:
+            self.break_(
+                SENDER_DIED,
+                pid,
+                f"sender process {pid} died without closing the channel; "
+                f"{self.closed_senders()} of {self.senders} senders had closed",
+            )
+            raise self.broken_error()
 
     def _check_receivers(self) -> None:
-        slots = [(pid, started) for pid, started, _ in self._slots(_RECV_SLOTS) if pid]
-        if slots and not any(alive(pid, started) for pid, started in slots):
-            pids = ", ".join(str(pid) for pid, _ in slots)
+        pids = self._receivers.all_dead()
+        if pids:
             self.break_(
                 RECEIVER_DIED,
-                slots[-1][0],
-                f"every receiver of the channel has exited (pids {pids}) while it was full",
+                pids[-1],
+                f"every receiver of the channel has exited (pids {', '.join(map(str, pids))}) "
+                "while it was full",
             )
             raise self.broken_error()
 
@@ -539,7 +498,7 @@ class Ring:
         # The child starts with no locks held (record locks are not inherited) but
         # may have copied a thread lock mid-acquire; it must not unlink the parent's
         # segment, and it is a new process for the peer tables.
-        self._start = _my_start()
+        self._start = peers.my_start()
         self._send_tlock = threading.Lock()
         self._recv_tlock = threading.Lock() if _SPLIT_LOCKS else self._send_tlock
         self._recv_registered = False
@@ -575,25 +534,6 @@ def _after_fork_in_child() -> None:
     PROCESS.pid = os.getpid()
     for ring in list(_RINGS.values()):
         ring._after_fork()
-
-
-def block_kind(tag: str) -> str:
-    """The segment kind of large-item blocks sent through the ring tagged ``tag``."""
-    return f"oob{tag}"
-
-
-def sweep_blocks(tag: str) -> None:
-    """Unlink every large-item block of one channel still in /dev/shm (none is readable
-    once the ring is gone)."""
-    marker = f"_{block_kind(tag)}_"
-    try:
-        names = [p.name for p in SHM_DIR.iterdir() if marker in p.name]
-    except OSError:
-        return
-    for name in names:
-        with suppress(OSError):
-            os.unlink(SHM_DIR / name)
-            _untrack(name)
 
 
 def open_ring(name: str) -> Ring:
