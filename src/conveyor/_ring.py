@@ -32,10 +32,13 @@ wedge the others. Record locks belong to a process, not a thread, so a per-proce
 them, so each process maps a channel once (:func:`open_ring` caches by name).
 
 Waiting. Nobody sleeps holding a lock. A blocked put or get polls the two words
-(cheap unlocked reads) with a short spin, a few ``sched_yield`` calls, then sleeps
-doubling from 10 us to 1 ms. No doorbell means no wake-up state that a killed process
-could leave half-updated; the price is up to ~1 ms of latency after an idle period and
-a light poll while blocked. Cancellation is the state word, seen on the next poll.
+(cheap unlocked reads): a few plain spins, then up to 200 polls each after
+``sched_yield`` (on an idle core that returns at once, so it is a spin; with more
+processes than cores, as in the seed's 2 + 3 on 2 CPUs, it hands the core to one that
+has work), then sleeps doubling from 10 us to 1 ms. No doorbell means no wake-up state
+that a killed process could leave half-updated; the price is up to ~1 ms of latency
+after an idle period and a light poll while blocked. Cancellation is the state word,
+seen on the next poll.
 
 Dead peers (tables in _peers.py). A receiver blocked on an empty ring checks every
 0.2 s whether a sender with open handles has died, and then breaks the channel,
@@ -75,7 +78,7 @@ _SEND_ROWS, _RECV_ROWS = 512, 512 + peers.SIZE  # two peer tables, each 1.5 KiB
 CANCELLED, SENDER_DIED, RECEIVER_DIED = 1, 2, 3
 _REASONS = {CANCELLED: "cancelled", SENDER_DIED: "sender died", RECEIVER_DIED: "receiver died"}
 
-SPIN, YIELDS, MAX_SLEEP, PEER_CHECK = 200, 20, 1e-3, 0.2
+SPIN, YIELDS, MAX_SLEEP, PEER_CHECK = 10, 200, 1e-3, 0.2
 # On a weakly ordered CPU the unlocked tail/head reads need the barrier of a shared lock.
 _SPLIT_LOCKS = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
 _SEND_BYTE, _RECV_BYTE = 0, (1 if _SPLIT_LOCKS else 0)
