@@ -5,9 +5,10 @@ and writes it to ``benchmarks/results/channel.md``.
 
 What is measured:
 
-* items/s, 1 producer -> 1 consumer and 2 -> 2, with an int and with 100 bytes, one
-  item per call and in batches of 100 (``put_many``/``get_many`` where the transport has
-  them, else one message holding a list of 100). Timed from the start signal until the
+* items/s, 1 producer -> 1 consumer and 2 -> 2, with distinct ints and distinct
+  100-byte ``bytes``, one item per call and in batches of 100 (``put_many``/``get_many``
+  where the transport has them, each item still its own message; else one message
+  holding a list of 100, shown for Channel too). Timed from the start signal until the
   last consumer has its last item. Processes start with fork, before the clock starts.
 * the seed's case: 2 producers, 3 consumers, ``maxsize=10``, one int at a time; the
   seed's own buffer (a ``Value`` counter guarded by two conditions) moves no items,
@@ -74,6 +75,16 @@ def ch_consume(q: Any, batched: bool) -> int:
     for _ in q:
         n += 1
     return n
+
+
+def chl_produce(q: Any, items: list[Any], batched: bool) -> None:
+    with q:
+        for i in range(0, len(items), BATCH):
+            q.put(items[i : i + BATCH])
+
+
+def chl_consume(q: Any, batched: bool) -> int:
+    return sum(len(batch) for batch in q)
 
 
 def q_produce(q: Any, items: list[Any], batched: bool) -> None:
@@ -162,6 +173,7 @@ def manager_queue(producers: int, maxsize: int) -> Any:
 
 TRANSPORTS: dict[str, tuple[Callable[..., Any], ...]] = {
     "conveyor.Channel": (ch_make, ch_produce, ch_consume, lambda q, c: None),
+    "conveyor.Channel, a list per put": (ch_make, chl_produce, chl_consume, lambda q, c: None),
     "mp.Queue": (lambda p, m: ctx.Queue(m), q_produce, q_consume, q_end),
     "mp.SimpleQueue": (lambda p, m: ctx.SimpleQueue(), q_produce, q_consume, q_end),
     "mp.JoinableQueue": (
@@ -181,17 +193,25 @@ def _consumer(consume: Callable[..., int], q: Any, batched: bool, out: Any) -> N
     out.put(consume(q, batched))
 
 
-def _producer(produce: Callable[..., None], q: Any, items: list[Any], batched: bool, go: Any) -> None:
+def make_items(kind: str, k: int, n: int) -> list[Any]:
+    # Distinct objects: pickle would send repeats of one object as a back-reference.
+    if kind == "int":
+        return list(range(k * n, (k + 1) * n))
+    return [i.to_bytes(4, "little") * 25 for i in range(k * n, (k + 1) * n)]
+
+
+def _producer(produce: Callable[..., None], q: Any, spec: tuple[str, int, int], batched: bool, go: Any) -> None:
+    items = make_items(*spec)
     go.wait()
     produce(q, items, batched)
 
 
-def throughput(name: str, producers: int, consumers: int, item: Any, n: int, batched: bool, maxsize: int = 0) -> float:
+def throughput(name: str, producers: int, consumers: int, kind: str, n: int, batched: bool, maxsize: int = 0) -> float:
     make, produce, consume, end = TRANSPORTS[name]
     q = make(producers, maxsize)
     go, out = ctx.Event(), ctx.SimpleQueue()
     per = n // producers
-    ps = [ctx.Process(target=_producer, args=(produce, q, [item] * per, batched, go)) for _ in range(producers)]
+    ps = [ctx.Process(target=_producer, args=(produce, q, (kind, k, per), batched, go)) for k in range(producers)]
     cs = [ctx.Process(target=_consumer, args=(consume, q, batched, out)) for _ in range(consumers)]
     for p in ps + cs:
         p.start()
@@ -303,6 +323,7 @@ def fmt_rate(x: float | None) -> str:
 
 def main() -> None:
     global _manager
+    load_start = os.getloadavg()
     _manager = ctx.Manager()
     lines = [
         f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, numpy {np.__version__}"
@@ -314,31 +335,30 @@ def main() -> None:
         "| 2→2 int | 2→2 100 B | 2→2 int, batches | 2→2 100 B, batches |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    cases = [(p, item, b) for p in (1, 2) for b in (False, True) for item in (12345, b"x" * 100)]
+    cases = [(p, kind, b) for p in (1, 2) for b in (False, True) for kind in ("int", "bytes")]
     for name in TRANSPORTS:
         slow = name == "Manager().Queue()"
         cells = []
         for p, item, batched in cases:
-            if name == "mp.Pipe" and p == 2:
+            if (name == "mp.Pipe" and p == 2) or (name.endswith("per put") and not batched):
                 cells.append(None)
                 continue
             n = (20_000 if slow else 200_000) * (5 if batched else 1)
             cells.append(statistics.median(throughput(name, p, p, item, n, batched) for _ in range(3)))
-        order = [0, 1, 2, 3, 4, 5, 6, 7]
-        row = f"| {name} | " + " | ".join(fmt_rate(cells[i]) for i in order) + " |"
+        row = f"| {name} | " + " | ".join(fmt_rate(c) for c in cells) + " |"
         print(row, flush=True)
         lines.append(row)
 
     lines += ["", "### The seed's case: 2 producers, 3 consumers, maxsize=10, one int at a time", ""]
     lines += ["| transport | items/s |", "|---|---:|"]
     seed_rows = [
-        ("conveyor.Channel(maxsize=10)", lambda: throughput("conveyor.Channel", 2, 3, 1, 200_000, False, 10)),
-        ("mp.Queue(maxsize=10)", lambda: throughput("mp.Queue", 2, 3, 1, 100_000, False, 10)),
-        ("mp.JoinableQueue(maxsize=10)", lambda: throughput("mp.JoinableQueue", 2, 3, 1, 100_000, False, 10)),
+        ("conveyor.Channel(maxsize=10)", lambda: throughput("conveyor.Channel", 2, 3, "int", 200_000, False, 10)),
+        ("mp.Queue(maxsize=10)", lambda: throughput("mp.Queue", 2, 3, "int", 100_000, False, 10)),
+        ("mp.JoinableQueue(maxsize=10)", lambda: throughput("mp.JoinableQueue", 2, 3, "int", 100_000, False, 10)),
         ("seed's Condition buffer (moves a count, no items)", lambda: seed_buffer(100_000)),
     ]
     if faster_fifo is not None:
-        seed_rows.insert(3, ("faster-fifo(maxsize=10)", lambda: throughput("faster-fifo", 2, 3, 1, 100_000, False, 10)))
+        seed_rows.insert(3, ("faster-fifo(maxsize=10)", lambda: throughput("faster-fifo", 2, 3, "int", 100_000, False, 10)))
     for label, run in seed_rows:
         row = f"| {label} | {fmt_rate(statistics.median(run() for _ in range(3)))} |"
         print(row, flush=True)
@@ -364,6 +384,12 @@ def main() -> None:
         lines.append(row)
     _manager.shutdown()
 
+    load_end = os.getloadavg()
+    lines[1:1] = [
+        f"Load average (1, 5, 15 min) at start {load_start[0]:.2f}, {load_start[1]:.2f}, "
+        f"{load_start[2]:.2f}; at end {load_end[0]:.2f}, {load_end[1]:.2f}, {load_end[2]:.2f} "
+        "(other work on the machine shows up here).",
+    ]
     text = "\n".join(lines) + "\n"
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(text)

@@ -34,7 +34,7 @@ from typing import Any, Generic, TypeVar
 
 from conveyor import _oob
 from conveyor._ring import CANCELLED, PROCESS, Ring, open_ring
-from conveyor.errors import ChannelClosed, ChannelEmpty, ChannelFull
+from conveyor.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
 
 T = TypeVar("T")
 
@@ -160,10 +160,14 @@ class Channel(Generic[T]):
         blocks = []
         try:
             for item in items:
+                try:  # put()'s fast path, per item
+                    record = dumps(item, 5, buffer_callback=_oob.probe)
+                except Exception:
+                    record = b""
+                if 0 < len(record) <= self._fast_limit:
+                    records.append((record, 0))
+                    continue
                 record, flags, new = _oob.encode(item, ring.tag)
-                if not flags and ring.record_size(len(record)) > ring.capacity:
-                    _oob.discard(new)  # nested large buffers may still fit beside the ring
-                    record, flags, new = _oob.encode(item, ring.tag, force_oob=True)
                 blocks += new
                 if ring.record_size(len(record)) > ring.capacity:
                     raise ValueError(
@@ -269,7 +273,12 @@ class Channel(Generic[T]):
         got = self._ring.get(max_items, timeout)
         if not got:
             raise ChannelEmpty(f"nothing arrived within {timeout} s")
-        return [_oob.decode(record, flags) for record, flags in got]
+        try:
+            return [loads(record) if not flags else _oob.decode(record, flags) for record, flags in got]
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise _oob.unpickle_error(exc) from exc
 
     def __iter__(self) -> Iterator[T]:
         """Items until end of stream. Example: ``for item in ch: ...``"""

@@ -87,19 +87,23 @@ def _wrap_large_bytes(obj: Any, depth: int = 4) -> Any:
     return obj
 
 
-def encode(item: object, tag: str, force_oob: bool = False) -> tuple[bytes, int, list[Segment]]:
+def encode(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
     """``item`` -> (record, flags, blocks). Raises :class:`SerializationError`.
 
     The caller publishes the record, then calls :func:`handed_over` on the blocks, or
     :func:`discard` if publishing failed.
     """
-    if not force_oob and not _is_large_bytes(item):
+    if not _is_large_bytes(item):
         try:
-            return pickle.dumps(item, 5, buffer_callback=probe), 0, []
+            record = pickle.dumps(item, 5, buffer_callback=probe)
         except _Large:
             pass
         except Exception as exc:
             return _cloudpickle(item, exc, None), 0, []
+        else:
+            if len(record) < THRESHOLD:
+                return record, 0, []
+            # Large in band: perhaps large bytes inside a list, tuple or dict.
     return _encode_large(item, tag)
 
 
@@ -118,6 +122,8 @@ def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
     except Exception as exc:
         views.clear()
         main = _cloudpickle(item, exc, keep)
+    if not views:
+        return main, 0, []
     blocks: list[Segment] = []
     try:
         for view in views:
