@@ -23,6 +23,7 @@ one writer, so it runs only 1 -> 1 (with manual pickling: ``send_bytes(pickle.du
 
 from __future__ import annotations
 
+import importlib.metadata
 import multiprocessing as mp
 import os
 import pickle
@@ -327,7 +328,7 @@ def main() -> None:
     _manager = ctx.Manager()
     lines = [
         f"Machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}, numpy {np.__version__}"
-        + (f", faster-fifo {getattr(faster_fifo, '__version__', '?')}" if faster_fifo else ""),
+        + (f", faster-fifo {importlib.metadata.version('faster-fifo')}" if faster_fifo else ""),
         "",
         "### Items per second (median of 3 runs)",
         "",
