@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import pickle
 import queue
 import threading
@@ -318,7 +319,7 @@ def test_exports() -> None:
 
 
 def test_bad_arguments() -> None:
-    for kwargs in ({"maxsize": -1}, {"senders": 0}, {"maxbytes": 8}, {"maxbytes": 2**33}):
+    for kwargs in ({"maxsize": -1}, {"senders": -1}, {"maxbytes": 8}, {"maxbytes": 2**33}):
         with pytest.raises(ValueError):
             Channel(**kwargs)
 
@@ -416,6 +417,31 @@ def test_cancel_in_another_process_wakes_this_one() -> None:
         with pytest.raises(ChannelBroken, match="from a child") as info:
             ch.get(timeout=30)
         assert info.value.pid == p.pid
+    finally:
+        p.join(30)
+        ch.unlink()
+
+
+def _put_then_die(ch: Channel[Any]) -> None:
+    ch.put("last words")
+    os._exit(1)
+
+
+def test_open_ended_channel_outlives_its_senders() -> None:
+    ctx = mp.get_context("fork")
+    ch: Channel[Any] = Channel(senders=0)
+    p = ctx.Process(target=_put_then_die, args=(ch,))
+    p.start()
+    try:
+        assert ch.get(timeout=30) == "last words"
+        p.join(30)
+        with pytest.raises(ChannelEmpty):  # not ChannelBroken, not ChannelClosed
+            ch.get(timeout=0.6)
+        ch.close()  # closing counts but never ends the stream
+        with pytest.raises(ChannelEmpty):
+            ch.get(timeout=0.05)
+        ch.clone().put(1)
+        assert ch.get() == 1
     finally:
         p.join(30)
         ch.unlink()

@@ -62,7 +62,9 @@ class Channel(Generic[T]):
     ``maxsize`` bounds the number of items (0: only ``maxbytes`` bounds it);
     ``maxbytes`` bounds the bytes of pickled items held (large buffers travel beside
     the ring and do not count); ``senders`` is how many handles will ``close()``
-    before the stream ends.
+    before the stream ends. ``senders=0`` makes an open-ended channel: no end of
+    stream (``get`` ends only by timeout or ``cancel()``), and a sender that dies does
+    not break it, for transports whose senders come and go, like a pool's workers.
 
     Example::
 
@@ -77,9 +79,10 @@ class Channel(Generic[T]):
     ) -> None:
         if not isinstance(maxsize, int) or maxsize < 0:
             raise ValueError(f"maxsize must be an int >= 0 (0: no item limit), got {maxsize!r}")
-        if not isinstance(senders, int) or senders < 1:
+        if not isinstance(senders, int) or senders < 0:
             raise ValueError(
-                f"senders must be an int >= 1: how many handles will close(), got {senders!r}"
+                f"senders must be an int >= 0: how many handles will close() "
+                f"(0: no end of stream), got {senders!r}"
             )
         if not isinstance(maxbytes, int) or not 64 <= maxbytes <= _MAX_CAPACITY:
             raise ValueError(f"maxbytes must be an int in [64, {_MAX_CAPACITY}], got {maxbytes!r}")
@@ -198,7 +201,7 @@ class Channel(Generic[T]):
         if self._closed:
             raise ChannelClosed("put() after close() on this handle; close() means 'I am done'")
         ring = self._ring
-        if ring.closed_senders() >= ring.senders:
+        if ring.senders and ring.closed_senders() >= ring.senders:
             raise ChannelClosed(
                 f"all {ring.senders} declared senders have closed this channel; "
                 f"declare one more with Channel(senders={ring.senders + 1})"

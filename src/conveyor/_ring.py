@@ -214,9 +214,7 @@ class Ring:
                 if count and (
                     count >= self._maxcount or need > cap - ((tail - (head_w & M32)) % cap or cap)
                 ):
-                    if head_w == w[_HEAD]:
-                        return False
-                    self._tail_mine = -1  # makes the general path read the head again
+                    self._tail_mine = -1  # the general path will look at the live head
                     return False
                 p = tail + 8
                 if p + n > cap:
@@ -330,7 +328,7 @@ class Ring:
         # Read "closed" before the counts: a sender publishes its last item before it
         # closes, so seeing every close and then an empty ring means truly drained.
         w = self._w
-        if w[_CLOSED] >= self.senders and not (w[_TAIL] ^ w[_HEAD]) >> 32:
+        if self.senders and w[_CLOSED] >= self.senders and not (w[_TAIL] ^ w[_HEAD]) >> 32:
             raise ChannelClosed("end of stream: every sender closed and the channel is drained")
 
     def read1(self) -> Record | None:
@@ -441,6 +439,8 @@ class Ring:
                 next_check = now + PEER_CHECK
 
     def _check_senders(self) -> None:
+        if not self.senders:
+            return  # an open-ended channel: senders may come and go (a pool's workers)
         pid = self._senders.dead_with_open_handles()
         # It may have published its last items just before dying: deliver those first.
         if pid is not None and not (self._w[_TAIL] ^ self._w[_HEAD]) >> 32:
