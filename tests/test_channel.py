@@ -328,6 +328,9 @@ def test_a_released_channel_cannot_be_attached() -> None:
     ch: Channel[Any] = Channel()
     data = pickle.dumps(ch)
     ch.unlink()
+    for op in (lambda: ch.put(1), ch.get_nowait, ch.qsize):
+        with pytest.raises(ChannelBroken, match="unlink"):
+            op()
     with pytest.raises(ChannelBroken, match="gone") as info:
         pickle.loads(data)
     assert info.value.reason == "gone"

@@ -135,6 +135,7 @@ class Ring:
     # -- locking -------------------------------------------------------------------
 
     def _lock(self, tlock: threading.Lock, byte: int) -> None:
+        self._w[_STATE]  # after destroy(): the clear error, not EBADF
         tlock.acquire()
         try:
             lockf(self._fd, LOCK_EX, 1, byte)
@@ -492,6 +493,7 @@ class Ring:
             return
         self._w.release()
         self._data.release()
+        self._w = _Released()  # type: ignore[assignment]  # every operation reads _w first
         os.close(self._fd)
         self.seg.close()
         if self._sweeper is not None:
@@ -511,6 +513,16 @@ class Ring:
         if self._sweeper is not None:
             self._sweeper.detach()
             self._sweeper = None
+
+
+class _Released:
+    """Stands in for the header words after :meth:`Ring.destroy`: a clear error."""
+
+    def __getitem__(self, index: int) -> int:
+        raise ChannelBroken("this channel was released here with unlink()", "gone")
+
+    def __setitem__(self, index: int, value: int) -> None:
+        self[index]
 
 
 class _Process:
