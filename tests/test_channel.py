@@ -448,3 +448,14 @@ def test_open_ended_channel_outlives_its_senders() -> None:
     finally:
         p.join(30)
         ch.unlink()
+
+
+def test_demo_runs_and_reports_a_rate(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from conveyor import _demo_channel
+
+    monkeypatch.setattr(_demo_channel, "PER_PRODUCER", 3000)
+    _demo_channel.run()
+    out = capsys.readouterr().out
+    assert "6,000 items moved" in out and "items/s" in out

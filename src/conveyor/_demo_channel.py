@@ -54,12 +54,12 @@ def run() -> None:
         ctx.Process(target=_consume, args=(channel, counts, PRODUCERS + k)) for k in range(CONSUMERS)
     ]
     print(f"The seed's buffer as a Channel: {PRODUCERS} producers, {CONSUMERS} consumers, maxsize {MAXSIZE}")
+    for p in procs:  # before tqdm starts its monitor thread: forking threads is unsafe
+        p.start()
+    start = time.perf_counter()
     produced = tqdm(total=total, desc="produced", unit=" items", position=0)
     consumed = tqdm(total=total, desc="consumed", unit=" items", position=1)
     try:
-        for p in procs:
-            p.start()
-        start = time.perf_counter()
         while any(p.is_alive() for p in procs):
             produced.update(sum(counts[:PRODUCERS]) - produced.n)
             consumed.update(sum(counts[PRODUCERS:]) - consumed.n)
