@@ -45,6 +45,9 @@ def run() -> None:
     """Show 2 producers and 3 consumers moving items through ``Channel(maxsize=10)``."""
     from tqdm import tqdm
 
+    class Bar(tqdm):  # type: ignore[misc]
+        monitor_interval = 0  # we refresh every 0.1 s ourselves: no monitor thread
+
     ctx = mp.get_context()
     total = PRODUCERS * PER_PRODUCER
     channel: Channel[int] = Channel(maxsize=MAXSIZE, senders=PRODUCERS)
@@ -57,8 +60,8 @@ def run() -> None:
     for p in procs:  # before tqdm starts its monitor thread: forking threads is unsafe
         p.start()
     start = time.perf_counter()
-    produced = tqdm(total=total, desc="produced", unit=" items", position=0)
-    consumed = tqdm(total=total, desc="consumed", unit=" items", position=1)
+    produced = Bar(total=total, desc="produced", unit=" items", position=0)
+    consumed = Bar(total=total, desc="consumed", unit=" items", position=1)
     try:
         while any(p.is_alive() for p in procs):
             produced.update(sum(counts[:PRODUCERS]) - produced.n)
