@@ -5,7 +5,7 @@ Layers, top to bottom (each imports only from the ones below it):
     _cli                                   the ``conveyor`` command
     _pool                                  Pool, map(): what users call
     _channel                               Channel: the bounded many-to-many transport
-    _ring, _oob                            its shared-memory ring; item encoding
+    _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
     _supervisor                            the pool's one thread: dispatch, results, deaths
     _worker                                runs in the child process
     _serialize, _frames                    cloudpickle fallback, pipe framing
