@@ -344,7 +344,7 @@ def main() -> None:
             if (name == "mp.Pipe" and p == 2) or (name.endswith("per put") and not batched):
                 cells.append(None)
                 continue
-            n = (20_000 if slow else 200_000) * (5 if batched else 1)
+            n = (10_000 if slow else 200_000) * (3 if batched else 1)
             cells.append(statistics.median(throughput(name, p, p, item, n, batched) for _ in range(3)))
         row = f"| {name} | " + " | ".join(fmt_rate(c) for c in cells) + " |"
         print(row, flush=True)
