@@ -34,10 +34,17 @@ def child_pids() -> set[int]:
 
 
 def conveyor_segments() -> set[str]:
+    """conveyor segments that belong to this test run: owned by this process, or by a
+    process that is gone (a leak). Live segments of other processes (another test run on
+    the same machine) are not ours to judge."""
+    from conveyor._shm import owner_alive
+
+    me = f"conveyor_{os.getpid()}_"
     try:
-        return {p.name for p in SHM_DIR.iterdir() if "conveyor" in p.name}
+        names = [p.name for p in SHM_DIR.iterdir() if "conveyor" in p.name]
     except OSError:
         return set()
+    return {n for n in names if n.startswith(me) or not owner_alive(n)}
 
 
 def _singleton_pids() -> set[int | None]:
@@ -61,7 +68,11 @@ def leak_guard(request: pytest.FixtureRequest) -> Iterator[None]:
     while True:
         allowed = _singleton_pids()
         children = child_pids() - allowed
-        threads = {t for t in threading.enumerate() if t not in threads_before and t.is_alive()}
+        threads = {
+            t
+            for t in threading.enumerate()
+            if t not in threads_before and t.is_alive() and t.name != "tqdm_monitor"
+        }  # tqdm's own monitor thread is shared by every bar and ends by itself
         segments = conveyor_segments() - segments_before
         if not (children or threads or segments) or time.monotonic() > deadline:
             break

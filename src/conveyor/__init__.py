@@ -3,6 +3,7 @@
 Layers, top to bottom (each imports only from the ones below it):
 
     _cli                                   the ``conveyor`` command
+    _pipeline, _work_queue                 stages of workers; tasks that add tasks
     _pool                                  Pool, map(): what users call
     _channel                               Channel: the bounded many-to-many transport
     _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
@@ -14,10 +15,23 @@ Layers, top to bottom (each imports only from the ones below it):
 Everything public is re-exported here; underscore modules are internals.
 """
 
-from __future__ import annotations
 
 from conveyor._channel import Channel as Channel
 from conveyor._channel import ChannelStatistics as ChannelStatistics
+from conveyor._pipeline import ItemError as ItemError
+from conveyor._pipeline import Pipeline as Pipeline
+from conveyor._pipeline import PipelineStatistics as PipelineStatistics
+from conveyor._pipeline import StageStatistics as StageStatistics
+from conveyor._pool import AsyncResult as AsyncResult
+from conveyor._pool import MapResult as MapResult
+from conveyor._pool import Pool as Pool
+from conveyor._pool import PoolStatistics as PoolStatistics
+from conveyor._pool import TaskFuture as TaskFuture
+from conveyor._pool import map as map
+from conveyor._work_queue import iter_work_queue as iter_work_queue
+from conveyor._work_queue import work_queue as work_queue
+from conveyor._worker import worker_index as worker_index
+from conveyor._worker import worker_state as worker_state
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
 from conveyor.errors import ChannelClosed as ChannelClosed
@@ -25,6 +39,8 @@ from conveyor.errors import ChannelEmpty as ChannelEmpty
 from conveyor.errors import ChannelFull as ChannelFull
 from conveyor.errors import ConveyorError as ConveyorError
 from conveyor.errors import PipelineError as PipelineError
+from conveyor.errors import PoolClosedError as PoolClosedError
+from conveyor.errors import RemoteError as RemoteError
 from conveyor.errors import RemoteTraceback as RemoteTraceback
 from conveyor.errors import ResultTimeoutError as ResultTimeoutError
 from conveyor.errors import SerializationError as SerializationError
@@ -35,6 +51,7 @@ from conveyor.errors import WorkerStartError as WorkerStartError
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncResult",
     "CallbackError",
     "Channel",
     "ChannelBroken",
@@ -43,11 +60,26 @@ __all__ = [
     "ChannelFull",
     "ChannelStatistics",
     "ConveyorError",
+    "ItemError",
+    "MapResult",
+    "Pipeline",
     "PipelineError",
+    "PipelineStatistics",
+    "Pool",
+    "PoolClosedError",
+    "PoolStatistics",
+    "RemoteError",
     "RemoteTraceback",
     "ResultTimeoutError",
     "SerializationError",
+    "StageStatistics",
+    "TaskFuture",
     "TaskTimeoutError",
     "WorkerLostError",
     "WorkerStartError",
+    "iter_work_queue",
+    "map",
+    "work_queue",
+    "worker_index",
+    "worker_state",
 ]

@@ -63,7 +63,7 @@ def owner_alive(name: str) -> bool:
 
 def sweep_stale() -> list[str]:
     """Unlink conveyor segments whose owner process is gone. Returns the names removed."""
-    removed = []
+    removed: list[str] = []
     try:
         entries = list(SHM_DIR.iterdir())
     except OSError:

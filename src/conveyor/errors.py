@@ -14,6 +14,7 @@ conveyor                      also an instance of
 ``TaskTimeoutError``          ``TimeoutError``
 ``ResultTimeoutError``        ``multiprocessing.TimeoutError``, ``TimeoutError``
 ``SerializationError``        ``pickle.PicklingError``
+``PoolClosedError``           ``ValueError``, ``RuntimeError``
 ``ChannelClosed``             --
 ``ChannelBroken``             --
 ``ChannelFull``               ``queue.Full``
@@ -47,6 +48,8 @@ __all__ = [
     "ChannelFull",
     "ConveyorError",
     "PipelineError",
+    "PoolClosedError",
+    "RemoteError",
     "RemoteTraceback",
     "ResultTimeoutError",
     "SerializationError",
@@ -93,7 +96,8 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
 
     Only that task fails; the worker is replaced and the pool goes on.
 
-    Attributes: ``task_index`` (position of the task in its call, or None),
+    Attributes: ``task_index`` (position of the task in its ``map``/``imap`` call, or
+    for ``submit``/``apply_async`` the task's submission number in the pool),
     ``task_repr`` (short repr of its arguments), ``pid``, ``exitcode`` (negative for a
     signal, as :attr:`multiprocessing.Process.exitcode`), ``signal_name``,
     ``peak_rss`` (bytes, when known) and ``guess`` (a likely cause, labelled as such).
@@ -188,6 +192,28 @@ class SerializationError(ConveyorError, pickle.PicklingError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (str(self), self.what, self.task_index))
+
+
+class RemoteError(ConveyorError):
+    """A worker raised an exception that could not be sent back as itself (it does not
+    pickle). Carries the original type's name and message; the worker's traceback is
+    the ``__cause__``."""
+
+    def __init__(self, type_name: str, message: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        super().__init__(f"{type_name}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.type_name, self.message))
+
+
+class PoolClosedError(ConveyorError, ValueError, RuntimeError):
+    """Work was submitted to a pool after ``close()``, ``shutdown()`` or ``terminate()``.
+
+    A ``ValueError`` as ``multiprocessing.Pool`` raises, and a ``RuntimeError`` as
+    ``concurrent.futures.Executor`` raises, so either habit's ``except`` works.
+    """
 
 
 class CallbackError(ConveyorError):

@@ -1,0 +1,79 @@
+"""Progress bars and callbacks, run in the parent on a thread of their own.
+
+The supervisor only posts work here; a slow callback or a progress bar writing to a slow
+terminal never delays dispatch, so it never leaves workers idle. Posts run in order,
+so a call's progress updates always come before its completion callback.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+ProgressSpec = bool | Callable[[int, int | None], object] | None
+
+
+class CallbackThread:
+    """One named thread per pool, started on first use, that runs posted callables."""
+
+    def __init__(self, name: str = "conveyor-pool-callbacks") -> None:
+        self._name = name
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def post(self, fn: Callable[..., Any], *args: Any) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread.start()
+        self._queue.put((fn, args))
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            fn, args = job
+            fn(*args)  # posted callables catch their own errors (see _pool)
+
+    def stop(self) -> None:
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            self._queue.put(None)
+            thread.join()
+            self._thread = None
+
+
+class Progress:
+    """A tqdm bar, or a user callable ``fn(done, total)``; updated from one thread."""
+
+    def __init__(self, spec: ProgressSpec, total: int | None, desc: str) -> None:
+        self.done = 0
+        self.total = total
+        self._fn: Callable[[int, int | None], object] | None = None
+        self._bar: Any = None
+        if callable(spec):
+            self._fn = spec
+        elif spec:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit="task", dynamic_ncols=True,
+                             smoothing=0.1)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        elif self._fn is not None:
+            self._fn(self.done, self.total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

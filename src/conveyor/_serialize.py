@@ -1,0 +1,114 @@
+"""Turning tasks and results into bytes: fast pickle first, cloudpickle when needed.
+
+The standard pickler is several times faster than cloudpickle, so every payload tries it
+first; only what it cannot handle (lambdas, closures, functions defined in ``__main__``
+under spawn, ...) goes through cloudpickle. Unpickling is the same either way.
+
+When neither can pickle a payload, :func:`describe_failure` finds which part failed, so
+the error can say "argument 2 of task 17", not just "cannot pickle".
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+from conveyor.errors import SerializationError, short_repr
+
+PROTOCOL = 5
+
+
+def dumps(obj: object) -> bytes:
+    """Pickle ``obj``, falling back to cloudpickle. Raises whatever both raised."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        import cloudpickle
+
+        return bytes(cloudpickle.dumps(obj, PROTOCOL))
+
+
+def dumps_function(fn: object, main_by_value: bool = True) -> bytes:
+    """Pickle a callable by value when it cannot be pickled by reference.
+
+    A function in ``__main__`` pickles by reference with the standard pickler. Under
+    fork the child has the very same ``__main__``, so that works (and keeps classes the
+    function uses identical in both processes). Under spawn and forkserver the child's
+    ``__main__`` is a re-import that lacks what the ``if __name__ == "__main__":`` block
+    or an interactive session defined, so there (``main_by_value``) cloudpickle sends
+    such functions by value.
+    """
+    module = getattr(fn, "__module__", None)
+    if main_by_value and (module == "__main__" or module is None):
+        import cloudpickle
+
+        code = getattr(fn, "__code__", None)
+        data = bytes(cloudpickle.dumps(fn, PROTOCOL))
+        if code is not None:
+            # cloudpickle renames the code's file to "<dynamic-code>"; put the real one
+            # back in the worker so its tracebacks show file, line and source.
+            return pickle.dumps(_WithFilename(data, code.co_filename), PROTOCOL)
+        return data
+    return dumps(fn)
+
+
+class _WithFilename:
+    def __init__(self, data: bytes, filename: str) -> None:
+        self.data = data
+        self.filename = filename
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_filename, (self.data, self.filename))
+
+
+def _restore_filename(data: bytes, filename: str) -> Any:
+    import types
+
+    fn = pickle.loads(data)
+
+    def fix(code: types.CodeType) -> types.CodeType:
+        consts = tuple(fix(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+        return code.replace(co_filename=filename, co_consts=consts)
+
+    if isinstance(getattr(fn, "__code__", None), types.CodeType):
+        fn.__code__ = fix(fn.__code__)
+    return fn
+
+
+def _why(obj: object) -> str | None:
+    try:
+        dumps(obj)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def describe_failure(what: str, obj: object) -> str:
+    """Name the smallest part of ``obj`` that cannot be pickled, for an error message."""
+    if isinstance(obj, tuple | list):
+        for i, part in enumerate(obj):
+            reason = _why(part)
+            if reason:
+                return f"{what} {i} ({short_repr(part, 60)}): {reason}"
+    elif isinstance(obj, dict):
+        for key, part in obj.items():
+            reason = _why(part)
+            if reason:
+                return f"keyword argument {key!r} ({short_repr(part, 60)}): {reason}"
+    reason = _why(obj) or "unknown reason"
+    return f"{what} ({short_repr(obj, 60)}): {reason}"
+
+
+def serialization_error(
+    what: str, obj: object, task_index: int | None, hint: str = ""
+) -> SerializationError:
+    """A SerializationError that names what could not be pickled, and in which task."""
+    where = f" of task {task_index}" if task_index is not None else ""
+    message = f"cannot pickle the {describe_failure(what, obj)}{where}"
+    if hint:
+        message += f"; {hint}"
+    return SerializationError(message, what=what, task_index=task_index)
+
+
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    return pickle.loads(data)

@@ -1,0 +1,631 @@
+"""The pool's supervisor: one thread that owns the workers and moves all work.
+
+Data flow::
+
+    caller threads                supervisor thread                    worker processes
+    --------------                -----------------                    ----------------
+    submit / map / imap  --->  pending deque  --(wake pipe)-->  poll()
+      (pickle args here)         |                               |
+                                 +-- dispatch: frames of tasks --+--> task pipe  --> run
+                                 |   (bounded depth per worker)  |                    |
+    futures / results   <---  complete(record)  <-- frames  <----+--- result pipe <--+
+                                 |
+                                 +-- sentinels: a worker exited -> which task? (status slot)
+                                 +-- timeouts: status slot says since when a task runs
+
+Actors:
+
+* **Callers** build :class:`Record` s (one function call, or a chunk of items), pickle
+  their arguments in their own thread (so a pickling error is raised at the call, naming
+  the task) and append them to the pending deque. They wake the supervisor through a
+  pipe only when it may be asleep.
+* **The supervisor** (this module, one named thread per pool) waits with ``poll`` on
+  every worker's result pipe, every worker's process sentinel and its wake-up pipe, all
+  at once; it never sleep-polls and never blocks on a pipe write (see ``_frames``).
+  It decides which worker runs what, so it always knows which records a worker holds.
+* **Workers** (``_worker``) run records in order and write, in their slot of a shared
+  status array, the record and item they are running and since when.
+
+When a worker dies, the supervisor drains its result pipe, reads its slot, fails exactly
+the task that was running (``WorkerLostError``, or ``TaskTimeoutError`` if the
+supervisor killed it for overrunning), sends the records it had not started back to
+the front of the queue, re-runs the finished-but-unreported items of a chunk, and starts
+a replacement. No lock is shared between workers, so a dead worker cannot leave one held.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import select
+import signal
+import threading
+import time
+import warnings
+from collections import OrderedDict, deque
+from concurrent.futures import CancelledError
+from typing import TYPE_CHECKING, Any
+
+from conveyor import _frames, _serialize, _worker
+from conveyor.errors import (
+    ConveyorError,
+    RemoteTraceback,
+    TaskTimeoutError,
+    WorkerLostError,
+    WorkerStartError,
+)
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+
+# How much queued work (in worker time) each worker is given beyond the task it runs.
+_TARGET_QUEUE_NS = 4_000_000
+_MAX_DEPTH = 512
+_MAX_PENDING_BYTES = 8 << 20
+_TERM_GRACE = 0.5
+_NO_ERRORS: dict[int, BaseException] = {}
+_NO_SKIP: frozenset[int] = frozenset()
+
+
+class Record:
+    """One unit of dispatch: a single call, or a chunk of items of a map."""
+
+    __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
+                 "worker")
+
+    def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes) -> None:
+        self.rid = 0
+        self.call = call  # a _pool call object: start(), complete(), label_for()
+        self.base = base  # index of the first item within its call
+        self.items = items  # the unpickled items (or (args, kwargs)), to split or describe
+        self.mode = mode
+        self.data = data
+        self.attempts = 0
+        self.elapsed_ns = 0  # run time in the worker, once it ran
+        self.worker = -1  # index of the worker slot that ran it
+
+    @property
+    def size(self) -> int:
+        return 1 if self.mode == _worker.CALL else len(self.items)
+
+    def item(self, k: int) -> Any:
+        return self.items if self.mode == _worker.CALL else self.items[k]
+
+    def split(self, start: int, stop: int) -> Record:
+        """A new record for items [start, stop) of this one (map chunks only)."""
+        part = self.items[start:stop]
+        rec = Record(self.call, self.base + start, part, self.mode, _serialize.dumps(part))
+        rec.attempts = self.attempts
+        return rec
+
+
+class _Worker:
+    __slots__ = (
+        "index",
+        "kill_reason",
+        "known_fns",
+        "outstanding",
+        "process",
+        "reader",
+        "ready",
+        "retiring",
+        "sentinel",
+        "writer",
+    )
+
+    def __init__(self, index: int, process: Any, writer: _frames.FrameWriter,
+                 reader: _frames.FrameReader) -> None:
+        self.index = index
+        self.process = process
+        self.writer = writer
+        self.reader = reader
+        self.sentinel: int = process.sentinel
+        self.outstanding: OrderedDict[int, Record] = OrderedDict()
+        self.known_fns: OrderedDict[int, None] = OrderedDict()
+        self.ready = False
+        self.retiring = False
+        self.kill_reason: tuple[str, Any] | None = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
+
+
+class Supervisor:
+    """Owns a pool's workers and its one thread. Used only through ``_pool.Pool``."""
+
+    def __init__(
+        self,
+        ctx: BaseContext,
+        workers: int,
+        init_bytes: bytes | None,
+        maxtasks: int | None,
+        max_memory: int | None,
+    ) -> None:
+        self._ctx = ctx
+        self._nworkers = workers
+        self._init_bytes = init_bytes
+        self._maxtasks = maxtasks
+        self._max_memory = max_memory
+        self._slots = ctx.RawArray("q", workers * _worker.SLOT_SIZE)
+        for i in range(0, workers * _worker.SLOT_SIZE, _worker.SLOT_SIZE):
+            self._slots[i] = -1
+        self.pending: deque[Record] = deque()
+        self._next_rid = 0
+        self._woken = False
+        self.needs_work = True
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._commands: deque[tuple[str, Any]] = deque()
+        self._poll = select.poll()
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._fd_owner: dict[int, tuple[str, _Worker]] = {}
+        self._workers: list[_Worker | None] = [None] * workers
+        self._avg_ns = 0.0  # running mean of a record's run time in a worker
+        self._closing = False
+        self._terminating = False
+        self.broken: BaseException | None = None
+        self.stopped = threading.Event()
+        self._start_failures = 0
+        self.tasks_done = 0
+        self.timeouts_used = False
+        self.open_feeds = 0  # lazy imap inputs that may still submit after close()
+        self.workers_replaced = 0
+        for i in range(workers):
+            self._start_worker(i)
+        self._thread = threading.Thread(target=self._run, name="conveyor-pool-supervisor",
+                                        daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ called from any thread
+
+    def submit(self, records: list[Record]) -> None:
+        pending = self.pending
+        for rec in records:
+            pending.append(rec)
+        # Waking the supervisor costs a GIL hand-off between threads; when every worker
+        # already has work, the results they send will wake it anyway.
+        if self.needs_work:
+            self.wake()
+
+    def wake(self) -> None:
+        if not self._woken:
+            self._woken = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except (BlockingIOError, OSError):
+                pass  # already full of wake-ups, or closed at shutdown
+
+    def command(self, name: str, arg: Any = None) -> None:
+        self._commands.append((name, arg))
+        self._woken = False
+        self.wake()
+
+    def close(self) -> None:
+        self.command("close")
+
+    def terminate(self) -> None:
+        self.command("terminate")
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def worker_pids(self) -> list[int]:
+        return [w.pid for w in self._workers if w is not None]
+
+    # ------------------------------------------------------------------ worker lifetime
+
+    def _start_worker(self, index: int) -> None:
+        task_r, task_w = _frames.make_pipe()
+        result_r, result_w = _frames.make_pipe()
+        from multiprocessing.connection import Connection
+
+        child_task = Connection(task_r, writable=False)
+        child_result = Connection(result_w, readable=False)
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=_worker.worker_main,
+            args=(
+                child_task, child_result, self._slots, index, self._init_bytes,
+                self._maxtasks, self._max_memory, self._die_with_parent(),
+            ),
+            name=f"conveyor-worker-{index}",
+            daemon=True,
+        )
+        with warnings.catch_warnings():
+            # CPython 3.12+ warns when forking a multi-threaded process (gh-100228); the
+            # child runs only the worker loop, which takes none of the parent's locks.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            process.start()
+        child_task.close()
+        child_result.close()
+        w = _Worker(index, process, _frames.FrameWriter(task_w), _frames.FrameReader(result_r))
+        self._workers[index] = w
+        self._fd_owner[result_r] = ("result", w)
+        self._fd_owner[w.sentinel] = ("sentinel", w)
+        self._fd_owner[task_w] = ("write", w)
+        self._poll.register(result_r, select.POLLIN)
+        self._poll.register(w.sentinel, select.POLLIN)
+
+    def _die_with_parent(self) -> bool:
+        # PR_SET_PDEATHSIG follows the thread that forked the worker, so ask for it only
+        # when that thread lives as long as the pool: the main thread or the supervisor.
+        # Under forkserver the forker is the server's main thread.
+        if self._ctx.get_start_method() == "forkserver":
+            return True
+        current = threading.current_thread()
+        return current is threading.main_thread() or current.name == "conveyor-pool-supervisor"
+
+    def _forget_worker(self, w: _Worker) -> None:
+        for fd in (w.reader.fd, w.sentinel, w.writer.fd):
+            self._fd_owner.pop(fd, None)
+            try:
+                self._poll.unregister(fd)
+            except KeyError:
+                pass
+        for fd in (w.reader.fd, w.writer.fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._workers[w.index] is w:
+            self._workers[w.index] = None
+
+    def _kill(self, w: _Worker, reason: str, arg: Any = None, sig: int = signal.SIGKILL) -> None:
+        if w.kill_reason is None:
+            w.kill_reason = (reason, arg)
+        try:
+            os.kill(w.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    # ---------------------------------------------------------------------- the thread
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug here must fail the work, not hang it
+            self.broken = exc
+            self._abort_all(exc)
+        finally:
+            self._shutdown_workers()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.stopped.set()
+
+    def _loop(self) -> None:
+        while True:
+            self._woken = False
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+            while self._commands:
+                name, arg = self._commands.popleft()
+                getattr(self, "_cmd_" + name)(arg)
+            if self._terminating:
+                return
+            # Set before looking at the queue, so a submitter that reads False has
+            # appended before the look (see submit()).
+            self.needs_work = True
+            self._dispatch()
+            self.needs_work = self._has_room()
+            if self._closing and not self.pending and not self._busy() and not self.open_feeds:
+                return
+            timeout_ms = self._poll_timeout_ms()
+            for fd, _event in self._poll.poll(timeout_ms):
+                owner = self._fd_owner.get(fd)
+                if owner is None:
+                    continue
+                kind, w = owner
+                if kind == "result":
+                    self._read_results(w)
+                elif kind == "sentinel":
+                    self._worker_exited(w)
+                elif kind == "write":
+                    self._flush(w)
+            self._check_timeouts()
+
+    def _busy(self) -> bool:
+        return any(w is not None and w.outstanding for w in self._workers)
+
+    def _poll_timeout_ms(self) -> int | None:
+        # Timeouts are checked by reading the workers' status slots, so once any call
+        # has used one, the loop wakes every 20 ms; otherwise it sleeps until an event.
+        return 20 if self.timeouts_used else None
+
+    # -------------------------------------------------------------------------- commands
+
+    def _cmd_close(self, _: Any) -> None:
+        self._closing = True
+
+    def _cmd_terminate(self, _: Any) -> None:
+        self._terminating = True
+        self._abort_all(CancelledError("the pool was terminated"))
+
+    def _cmd_cancel_pending(self, _: Any) -> None:
+        calls = {rec.call for rec in self.pending}
+        self.pending.clear()
+        for call in calls:
+            call.abort(CancelledError("cancelled by shutdown(cancel_futures=True)"))
+
+    def _cmd_cancel_running(self, call: Any) -> None:
+        for w in self._workers:
+            if w is None:
+                continue
+            rid = self._slots[w.index * _worker.SLOT_SIZE + _worker.SLOT_RECORD]
+            rec = w.outstanding.get(rid)
+            if rec is not None and rec.call is call:
+                self._kill(w, "cancelled", rid)
+
+    def _abort_all(self, exc: BaseException) -> None:
+        calls = {rec.call for rec in self.pending}
+        for w in self._workers:
+            if w is not None:
+                calls.update(rec.call for rec in w.outstanding.values())
+                w.outstanding.clear()
+        self.pending.clear()
+        for call in calls:
+            call.abort(exc)
+
+    # -------------------------------------------------------------------------- dispatch
+
+    def _depth(self) -> int:
+        if self._avg_ns <= 0:
+            return 2
+        return max(2, min(_MAX_DEPTH, 1 + math.ceil(_TARGET_QUEUE_NS / self._avg_ns)))
+
+    def _has_room(self) -> bool:
+        # Only an idle worker is worth a wake-up: a worker with queued work will send
+        # results soon, and that wakes the supervisor, which then refills it. Waking
+        # for less would hand the GIL back and forth once per submit.
+        return any(w is not None and w.ready and not w.retiring and w.kill_reason is None
+                   and not w.outstanding for w in self._workers)
+
+    def _dispatch(self) -> None:
+        pending = self.pending
+        if not pending:
+            return
+        depth = self._depth()
+        ready = [w for w in self._workers if w is not None and w.ready and not w.retiring
+                 and w.kill_reason is None]
+        ready.sort(key=lambda w: len(w.outstanding))
+        for w in ready:
+            if not pending:
+                break
+            room = depth - len(w.outstanding)
+            if room <= 0 or w.writer.pending_bytes > _MAX_PENDING_BYTES:
+                continue
+            batch = []
+            size = 0
+            known = w.known_fns
+            while pending and room > 0 and size < _MAX_PENDING_BYTES:
+                rec = pending.popleft()
+                call = rec.call
+                if not call.start(rec):
+                    continue  # cancelled before it ran
+                self._next_rid += 1
+                rec.rid = self._next_rid
+                rec.attempts += 1
+                fn_id = call.fn_id
+                if fn_id in known:
+                    known.move_to_end(fn_id)
+                    fn_bytes = None
+                else:
+                    known[fn_id] = None
+                    if len(known) > _worker.FN_CACHE_SIZE:
+                        known.popitem(last=False)
+                    fn_bytes = call.fn_bytes
+                batch.append((rec.rid, fn_id, fn_bytes, rec.mode, rec.data))
+                w.outstanding[rec.rid] = rec
+                size += len(rec.data)
+                room -= 1
+            if batch:
+                w.writer.push(_worker.TASKS, pickle.dumps(batch, _serialize.PROTOCOL))
+                self._flush(w)
+
+    def _flush(self, w: _Worker) -> None:
+        try:
+            done = w.writer.flush()
+        except OSError:
+            done = True  # the worker is gone; its sentinel tells us the rest
+        try:
+            if done:
+                self._poll.unregister(w.writer.fd)
+            else:
+                self._poll.register(w.writer.fd, select.POLLOUT)
+        except (KeyError, ValueError):
+            pass
+
+    # --------------------------------------------------------------------------- results
+
+    def _read_results(self, w: _Worker) -> None:
+        frames, _eof = w.reader.read()
+        for kind, payload in frames:
+            if kind == _worker.RESULTS:
+                self._handle_results(w, pickle.loads(payload))
+            elif kind == _worker.READY:
+                w.ready = True
+                self._start_failures = 0
+            elif kind == _worker.RETIRE:
+                w.retiring = True
+            elif kind == _worker.INIT_FAILED:
+                exc_data, tb = pickle.loads(payload)
+                self._init_failed(_decode_exception(exc_data, tb))
+
+    def _handle_results(self, w: _Worker, results: list[tuple[int, int, Any, int]]) -> None:
+        calls: dict[Any, None] = {}
+        for rid, status, value, elapsed in results:
+            rec = w.outstanding.pop(rid, None)
+            if rec is None:
+                continue
+            n = rec.size
+            rec.elapsed_ns = elapsed
+            rec.worker = w.index
+            self._avg_ns += (elapsed - self._avg_ns) * (0.2 if self._avg_ns else 1.0)
+            self.tasks_done += n
+            if isinstance(value, _worker._CloudPickled):
+                value = pickle.loads(value.data)
+            call = rec.call
+            if status == _worker.OK:  # the hot path: no allocations beyond the tuple
+                call.complete(rec, (value,) if rec.mode == _worker.CALL else value, _NO_ERRORS,
+                              _NO_SKIP)
+                if call.progress is not None or rec.mode != _worker.CALL:
+                    calls[call] = None
+                continue
+            errors: dict[int, BaseException]
+            if status == _worker.FAILED:
+                exc = _decode_exception(*value)
+                values = [None] * n
+                errors = dict.fromkeys(range(n), exc)
+            else:
+                values, raw = value
+                errors = {k: _decode_exception(*v) for k, v in raw.items()}
+            skip: set[int] = set()
+            if errors:
+                skip = self._retry_on_exception(rec, errors)
+                if skip and rec.mode == _worker.CALL:
+                    continue
+            rec.call.complete(rec, values, errors, skip)
+            calls[rec.call] = None
+        for call in calls:
+            call.flush()
+
+    def _retry_on_exception(self, rec: Record, errors: dict[int, BaseException]) -> set[int]:
+        """Queue again the failed items whose exception the call retries; return them."""
+        retry_on = rec.call.retry_on
+        if not retry_on or rec.attempts > rec.call.retries:
+            return set()
+        retried = set()
+        for k, exc in errors.items():
+            if isinstance(exc, retry_on):
+                self.pending.appendleft(rec if rec.mode == _worker.CALL else rec.split(k, k + 1))
+                retried.add(k)
+        return retried
+
+    # ---------------------------------------------------------------------------- deaths
+
+    def _worker_exited(self, w: _Worker) -> None:
+        frames_left = True
+        while frames_left:  # results written just before the exit still count
+            before = len(w.outstanding)
+            self._read_results(w)
+            frames_left = len(w.outstanding) < before
+        w.process.join()
+        exitcode = w.process.exitcode
+        slot = w.index * _worker.SLOT_SIZE
+        running_rid = self._slots[slot + _worker.SLOT_RECORD]
+        item = self._slots[slot + _worker.SLOT_ITEM]
+        peak_kb = self._slots[slot + _worker.SLOT_PEAK_RSS_KB]
+        for i in range(_worker.SLOT_SIZE):
+            self._slots[slot + i] = 0
+        self._slots[slot + _worker.SLOT_RECORD] = -1
+        graceful = w.retiring or (self._closing and exitcode == 0)
+        requeue: list[Record] = []
+        for rid, rec in w.outstanding.items():
+            if rid != running_rid or graceful:
+                requeue.append(rec)
+                continue
+            if rec.mode != _worker.CALL:
+                if item > 0:
+                    requeue.append(rec.split(0, item))  # ran, but the results died with it
+                if item + 1 < rec.size:
+                    requeue.append(rec.split(item + 1, rec.size))
+            self._fail_running(w, rec, item, exitcode, peak_kb, requeue)
+        w.outstanding.clear()
+        self.pending.extendleft(reversed(requeue))
+        was_ready = w.ready
+        self._forget_worker(w)
+        if self._terminating or (self._closing and not self.pending and not self._busy()):
+            return
+        if not was_ready and not graceful:
+            self._start_failures += 1
+            if self._start_failures >= 3:
+                self._init_failed(WorkerStartError(
+                    f"3 workers in a row exited (last exit code {exitcode}) before they were ready"))
+                return
+        self.workers_replaced += 1
+        self._start_worker(w.index)
+
+    def _fail_running(self, w: _Worker, rec: Record, item: int, exitcode: int | None,
+                      peak_kb: int, requeue: list[Record]) -> None:
+        call = rec.call
+        index = call.task_index(rec.base + (0 if rec.mode == _worker.CALL else item))
+        single = rec if rec.mode == _worker.CALL else rec.split(item, item + 1)
+        reason, _ = w.kill_reason or ("lost", None)
+        if reason == "cancelled":
+            call.complete(single, [None], {0: CancelledError("cancelled while running")}, set())
+            call.flush()
+            return
+        if reason == "timeout":
+            exc: BaseException = TaskTimeoutError(
+                index, call.label(single.item(0)), call.timeout, w.pid)
+        else:
+            if rec.attempts <= call.retries:
+                requeue.append(single)
+                return
+            guess = None
+            if exitcode == -signal.SIGKILL and w.kill_reason is None:
+                guess = ("killed by SIGKILL from outside the pool; the kernel's out-of-memory "
+                         "killer is the usual sender")
+            exc = WorkerLostError(index, call.label(single.item(0)), w.pid, exitcode,
+                                  peak_kb * 1024 if peak_kb > 0 else None, guess)
+        call.complete(single, [None], {0: exc}, set())
+        call.flush()
+
+    def _check_timeouts(self) -> None:
+        now = time.monotonic_ns()
+        for w in self._workers:
+            if w is None or not w.outstanding or w.kill_reason is not None:
+                continue
+            slot = w.index * _worker.SLOT_SIZE
+            rec = w.outstanding.get(self._slots[slot + _worker.SLOT_RECORD])
+            if rec is None or not rec.call.timeout:
+                continue
+            started = self._slots[slot + _worker.SLOT_STARTED_NS]
+            if now - started > rec.call.timeout * 1e9:
+                self._kill(w, "timeout", rec.rid)
+
+    def _init_failed(self, exc: BaseException) -> None:
+        if not isinstance(exc, WorkerStartError):
+            err = WorkerStartError(f"the pool's initializer raised {type(exc).__name__}: {exc}")
+            err.__cause__ = exc
+            exc = err
+        self.broken = exc
+        self._terminating = True
+        self._abort_all(exc)
+        self.command("terminate")
+
+    def _shutdown_workers(self) -> None:
+        alive = [w for w in self._workers if w is not None]
+        for w in alive:
+            if self._terminating or self.broken is not None:
+                self._kill(w, "terminate", sig=signal.SIGTERM)
+            else:
+                w.writer.push(_worker.STOP, b"")  # a clean close: finish and exit
+                try:
+                    if not w.writer.flush():
+                        self._kill(w, "terminate", sig=signal.SIGTERM)
+                except OSError:
+                    pass  # already gone
+        deadline = time.monotonic() + _TERM_GRACE
+        for w in alive:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.exitcode is None:
+                self._kill(w, "terminate")
+                w.process.join()
+            self._forget_worker(w)
+            w.process.close()
+
+
+def _decode_exception(data: bytes, tb: str) -> BaseException:
+    try:
+        exc: BaseException = pickle.loads(data)
+    except Exception as err:
+        exc = ConveyorError(f"an exception from the worker could not be unpickled: {err!r}")
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+

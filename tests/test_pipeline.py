@@ -1,0 +1,190 @@
+"""Pipelines: stages of workers that end by themselves, in real processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import conveyor as cv
+from helpers import (
+    add_state,
+    constant,
+    crash_on,
+    double,
+    fail_on,
+    is_even,
+    jitter,
+    square,
+    twice,
+)
+
+pytestmark = pytest.mark.timeout(90)
+SCENARIO = Path(__file__).parent / "scenarios" / "pipeline_faults.py"
+
+
+@pytest.mark.parametrize("workers", [1, 2, 4, 8])
+def test_three_stages_end_by_themselves(workers: int) -> None:
+    got = (cv.Pipeline(range(300))
+           .map(double, workers=workers)
+           .filter(is_even, workers=workers)
+           .map(square, workers=workers)
+           .run())
+    assert got == [(2 * x) ** 2 for x in range(300)]
+
+
+def test_every_stage_kind_together() -> None:
+    pipe = (cv.Pipeline(iter(range(50)))
+            .flat_map(twice, workers=2)
+            .map(jitter, workers=2)
+            .filter(lambda x: x % 3 != 0, kind="thread", workers=3)
+            .batch(4)
+            .unbatch()
+            .map(lambda x: -x, kind="thread", workers=2))
+    expected = [-x for x in range(50) for _ in range(2) if x % 3 != 0]
+    assert pipe.run() == expected
+    stats = {s.name: s for s in pipe.stats.stages}
+    assert stats["flat_map(twice)"].items_in == 50 and stats["flat_map(twice)"].items_out == 100
+    assert "flat_map(twice)" in str(pipe.stats) and "wall time" in str(pipe.stats)
+
+
+def test_unordered_yields_everything() -> None:
+    got = list(cv.Pipeline(range(200), ordered=False).map(jitter, workers=3))
+    assert sorted(got) == list(range(200))
+
+
+def test_empty_source_and_empty_pipeline() -> None:
+    assert cv.Pipeline([]).map(square, workers=2).batch(3).run() == []
+    assert cv.Pipeline(range(5)).run() == [0, 1, 2, 3, 4]
+    assert cv.Pipeline(range(5)).batch(2).run() == [[0, 1], [2, 3], [4]]
+
+
+def test_each_is_a_sink(tmp_path: Path) -> None:
+    out = tmp_path / "sink"
+    out.mkdir()
+    result = cv.Pipeline(range(10)).each(lambda x: (out / str(x)).write_text("ok"),
+                                         workers=2).run()
+    assert result == [] and sorted(int(p.name) for p in out.iterdir()) == list(range(10))
+    with pytest.raises(ValueError, match="each"):
+        cv.Pipeline(range(3)).each(print).map(square)
+
+
+def test_source_that_raises() -> None:
+    def source():
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    with pytest.raises(cv.PipelineError, match="source raised OSError") as info:
+        cv.Pipeline(source()).map(square, workers=2).run()
+    assert info.value.stage == "source" and isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize("op", ["map", "filter", "flat_map", "each"])
+def test_an_error_in_a_stage_names_stage_and_item(op: str) -> None:
+    pipe = cv.Pipeline(range(20)).map(double, workers=2)
+    getattr(pipe, op)(fail_on_six, workers=2, name="checker")
+    start = time.monotonic()
+    with pytest.raises(cv.PipelineError) as info:
+        pipe.run()
+    assert time.monotonic() - start < 10
+    err = info.value
+    assert err.stage == "checker" and err.item_repr == "6"
+    assert isinstance(err.__cause__, ValueError)
+    assert isinstance(err.__cause__.__cause__, cv.RemoteTraceback)
+
+
+def fail_on_six(x: int) -> list[int]:
+    return [fail_on(x, bad=6)]  # a list, so it also serves flat_map
+
+
+def test_on_error_skip_records_failed_items() -> None:
+    pipe = cv.Pipeline(range(10)).map(fail_on, workers=2)
+    assert pipe.run(on_error="skip") == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert [(e.stage, e.item) for e in pipe.errors] == [("map(fail_on)", 3)]
+    assert isinstance(pipe.errors[0].error, ValueError)
+
+
+def test_a_dead_stage_worker_fails_its_item_and_is_replaced() -> None:
+    pipe = cv.Pipeline(range(20)).map(crash_on, workers=2).map(double)
+    assert pipe.run(on_error="skip") == [2 * x for x in range(20) if x != 7]
+    assert isinstance(pipe.errors[0].error, cv.WorkerLostError)
+    with pytest.raises(cv.PipelineError) as info:
+        cv.Pipeline(range(20)).map(crash_on, workers=2).run()
+    assert isinstance(info.value.__cause__, cv.WorkerLostError)
+
+
+def test_stage_initializers_give_worker_state() -> None:
+    got = (cv.Pipeline(range(6))
+           .map(add_state, workers=2, initializer=constant, initargs=("proc",))
+           .map(lambda pair: (*pair, cv.worker_state()), kind="thread", workers=2,
+                initializer=constant, initargs=("thread",))
+           .run())
+    assert got == [(x, "proc", "thread") for x in range(6)]
+
+
+def test_back_pressure_bounds_what_is_read_from_the_source() -> None:
+    read = itertools.count()
+    source = (next(read) for _ in range(10_000_000))
+    pipe = (cv.Pipeline(source, maxsize=64)
+            .map(double, workers=2, maxsize=64)
+            .map(square, workers=2, maxsize=64)
+            .map(jitter, workers=1, maxsize=16))  # the slow last stage
+    for taken, _ in enumerate(pipe, 1):
+        if taken == 500:
+            break
+    # Bounded by the buffers and in-flight windows, nowhere near 10 million.
+    assert next(read) < 500 + 20_000
+
+
+def test_breaking_out_stops_every_worker() -> None:
+    pipe = cv.Pipeline(itertools.count()).map(double, workers=2).map(square, workers=2)
+    for i, _ in enumerate(pipe):
+        if i == 100:
+            break
+    # the leak guard (conftest) checks that no process or thread is left
+
+
+def test_progress_shows_one_line_per_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    cv.Pipeline(range(100)).map(double, workers=2).filter(is_even).run(progress=True)
+    err = capsys.readouterr().err
+    assert "map(double)" in err and "filter(is_even)" in err and "buffer" in err
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(TypeError, match="iterable"):
+        cv.Pipeline(42)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers"):
+        cv.Pipeline([1]).map(square, workers=0)
+    with pytest.raises(ValueError, match="kind"):
+        cv.Pipeline([1]).map(square, kind="fiber")
+    with pytest.raises(ValueError, match="batch size"):
+        cv.Pipeline([1]).batch(0)
+    with pytest.raises(TypeError, match="callable"):
+        cv.Pipeline([1]).map(5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="on_error"):
+        cv.Pipeline([1]).run(on_error="ignore")
+
+
+def test_ctrl_c_stops_the_pipeline() -> None:
+    proc = subprocess.Popen([sys.executable, str(SCENARIO), "ctrl_c"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    assert proc.stdout is not None
+    json.loads(proc.stdout.readline())
+    sent = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    facts = json.loads(out.splitlines()[0])
+    assert facts["interrupted"] and facts["at"] - sent < 2.0
+    assert err.count("Traceback (most recent call last)") == 1
+    time.sleep(1.0)
+    leftover = subprocess.run(["pgrep", "-f", f"{SCENARIO.name} ctrl_c"], capture_output=True,
+                              text=True).stdout.split()
+    assert leftover == []
