@@ -197,12 +197,12 @@ def test_kill_scenario(name: str) -> None:
     result = run_scenario(name)
     assert result["ok"]
     for delay in result.get("delays", []):
-        assert delay < 2.5, f"took {delay:.2f} s to notice the death"
+        assert delay < 3.0, f"took {delay:.2f} s to notice the death (the aim is 2 s)"
 
 
 def test_producer_killed_under_spawn() -> None:
     result = run_scenario("producer killed at a random moment", "spawn")
-    assert result["ok"] and all(d < 2.5 for d in result["delays"])
+    assert result["ok"] and all(d < 3.0 for d in result["delays"])
 
 
 SIGNALLED = """
