@@ -21,6 +21,12 @@ process). Each handle, the creator's and every copy, counts at most one close. T
 creator's handle owns the shared memory: it is unlinked by :meth:`Channel.unlink`,
 when that handle is garbage, at interpreter exit (Ctrl-C included), and by the
 resource tracker if the creator is killed.
+
+Known limits: a sender that dies before its first ``put`` was never seen, so it cannot
+be reported (receivers wait; give them a ``timeout`` or ``cancel()``); a process that
+is *stopped* (SIGSTOP) inside a put or get holds a lock for as long, whatever the
+others' timeouts; waiting is polling (see _ring.py), which an oversubscribed machine
+penalises more than a kernel wait; each side tracks at most 64 processes for deaths.
 """
 
 from __future__ import annotations
