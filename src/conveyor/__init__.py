@@ -6,6 +6,8 @@ Layers, top to bottom (each imports only from the ones below it):
     _pipeline, _work_queue                 stages of workers; tasks that add tasks
     _pool                                  Pool, map(): what users call
     _team, _team_state                     team(): processes in lock-step
+    _channel                               Channel: the bounded many-to-many transport
+    _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
     _supervisor                            the pool's one thread: dispatch, results, deaths
     _worker                                runs in the child process
     _serialize, _frames                    cloudpickle fallback, pipe framing
@@ -20,6 +22,8 @@ Everything public is re-exported here; underscore modules are internals.
 """
 
 
+from conveyor._channel import Channel as Channel
+from conveyor._channel import ChannelStatistics as ChannelStatistics
 from conveyor._pipeline import ItemError as ItemError
 from conveyor._pipeline import Pipeline as Pipeline
 from conveyor._pipeline import PipelineStatistics as PipelineStatistics
@@ -48,6 +52,8 @@ from conveyor._worker import worker_state as worker_state
 from conveyor.errors import CallbackError as CallbackError
 from conveyor.errors import ChannelBroken as ChannelBroken
 from conveyor.errors import ChannelClosed as ChannelClosed
+from conveyor.errors import ChannelEmpty as ChannelEmpty
+from conveyor.errors import ChannelFull as ChannelFull
 from conveyor.errors import ConveyorError as ConveyorError
 from conveyor.errors import PipelineError as PipelineError
 from conveyor.errors import PoolClosedError as PoolClosedError
@@ -66,8 +72,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncResult",
     "CallbackError",
+    "Channel",
     "ChannelBroken",
     "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelFull",
+    "ChannelStatistics",
     "ConveyorError",
     "ItemError",
     "MapResult",

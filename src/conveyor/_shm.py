@@ -177,6 +177,22 @@ class Segment:
             except BufferError:
                 pass
 
+    def disown(self, *, untrack: bool = True) -> None:
+        """Give up ownership: this process will no longer unlink the name.
+
+        For handing a segment to another process that unlinks it (a channel's large
+        items), and for a forked child that inherited its parent's owner object.
+        ``untrack=False`` leaves the resource tracker's entry alone: a forked child
+        shares its parent's tracker, and unregistering there would drop the parent's
+        safety net.
+        """
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+            if untrack:
+                _untrack(self.name)
+        self.owner = False
+
     @property
     def closed(self) -> bool:
         return self._mmap is None

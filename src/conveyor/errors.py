@@ -17,6 +17,8 @@ conveyor                      also an instance of
 ``PoolClosedError``           ``ValueError``, ``RuntimeError``
 ``ChannelClosed``             --
 ``ChannelBroken``             --
+``ChannelFull``               ``queue.Full``
+``ChannelEmpty``              ``queue.Empty``
 ``PipelineError``             --
 ``TeamBrokenError``           ``threading.BrokenBarrierError``
 ``TeamMemberLostError``       --
@@ -35,6 +37,7 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import pickle
+import queue
 import signal
 import threading
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +47,8 @@ __all__ = [
     "CallbackError",
     "ChannelBroken",
     "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelFull",
     "ConveyorError",
     "PipelineError",
     "PoolClosedError",
@@ -228,7 +233,37 @@ class ChannelClosed(ConveyorError):
 
 
 class ChannelBroken(ConveyorError):
-    """The channel cannot be used any more: cancelled, or a process died holding it."""
+    """The channel cannot be used any more: cancelled, or a peer process died.
+
+    Attributes: ``reason`` (``"cancelled"``, ``"sender died"``, ``"receiver died"``
+    or ``"gone"``) and ``pid`` (the process that cancelled or died, when known).
+    """
+
+    def __init__(self, message: str, reason: str = "cancelled", pid: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.reason, self.pid))
+
+
+class ChannelFull(ConveyorError, queue.Full):
+    """``put`` found no room before its timeout (or at once, for ``put_nowait``).
+
+    Attribute ``sent``: how many items of a ``put_many`` went in before it gave up.
+    """
+
+    def __init__(self, message: str, sent: int = 0) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.sent))
+
+
+class ChannelEmpty(ConveyorError, queue.Empty):
+    """``get`` found nothing before its timeout (or at once, for ``get_nowait``)."""
 
 
 class PipelineError(ConveyorError):
