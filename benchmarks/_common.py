@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-RESULTS_DIR = BENCH_DIR / "results"
+# The smoke test points this elsewhere, so a quick run never overwrites real results.
+RESULTS_DIR = Path(os.environ.get("CONVEYOR_BENCH_RESULTS") or BENCH_DIR / "results")
 ROOT = BENCH_DIR.parent
 
 
