@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import kill_group, machine, table, versions, write_result
 
 WORKERS = 2
+START_METHOD = os.environ.get("CONVEYOR_BENCH_START_METHOD", "fork")  # set by --start-method
 LIBS = ["conveyor", "mp", "cf", "loky", "mpire", "pebble"]
 LABELS = {
     "conveyor": "conveyor.Pool",
@@ -136,29 +137,29 @@ class Lib:
         if lib == "conveyor":
             import conveyor
 
-            self.pool: Any = conveyor.Pool(WORKERS, start_method="fork",
+            self.pool: Any = conveyor.Pool(WORKERS, start_method=START_METHOD,
                                            task_timeout=task_timeout)
         elif lib == "mp":
             import multiprocessing
 
-            self.pool = multiprocessing.get_context("fork").Pool(WORKERS)
+            self.pool = multiprocessing.get_context(START_METHOD).Pool(WORKERS)
         elif lib == "cf":
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("fork"))
+            self.pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context(START_METHOD))
         elif lib == "loky":
             self.pool = self._loky()
         elif lib == "mpire":
             from mpire import WorkerPool
 
-            self.pool = WorkerPool(n_jobs=WORKERS, start_method="fork", keep_alive=True)
+            self.pool = WorkerPool(n_jobs=WORKERS, start_method=START_METHOD, keep_alive=True)
         elif lib == "pebble":
             import multiprocessing
 
             from pebble import ProcessPool
 
-            self.pool = ProcessPool(WORKERS, context=multiprocessing.get_context("fork"))
+            self.pool = ProcessPool(WORKERS, context=multiprocessing.get_context(START_METHOD))
         else:
             raise ValueError(lib)
 
@@ -288,6 +289,8 @@ def run_idle_kill(lib_name: str, inner: float) -> dict[str, Any]:
             calls.append("works")
         elif pending:
             calls.append(f"hangs ({pending}/4 pending after {inner:.0f} s)")
+            calls.append("not tried")
+            break
         else:
             calls.append(f"fails: {', '.join(errors)} ({ok}/4 ok)")
     return {"calls": calls}
@@ -336,9 +339,10 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def children_of(parent: int) -> set[int]:
-    """Live child processes of ``parent``, resource trackers excluded (not workers)."""
-    found = set()
+def descendants_of(root: int) -> set[int]:
+    """Live descendants of ``root``, resource trackers excluded (they are not workers).
+    Recursive, because forkserver workers are children of the fork server."""
+    parent_of: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -347,14 +351,19 @@ def children_of(parent: int) -> set[int]:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == parent and fields[0] != "Z" and b"resource_tracker" not in cmdline:
-            found.add(int(entry.name))
+        if fields[0] != "Z" and b"resource_tracker" not in cmdline:
+            parent_of[int(entry.name)] = int(fields[1])
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parent_of.items() if ppid in frontier} - found
+        found |= frontier
     return found
 
 
 def worker_pids(proc: subprocess.Popen[str], tmp: str) -> list[int]:
-    """The pids the tasks recorded, and the parent's other children (idle workers)."""
-    return sorted(set(read_pids(tmp)) | children_of(proc.pid))
+    """The pids the tasks recorded, and the parent's other descendants (idle workers)."""
+    return sorted(set(read_pids(tmp)) | descendants_of(proc.pid))
 
 
 def map_started(proc: subprocess.Popen[str], tmp: str) -> str:
@@ -500,11 +509,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="three faults, three libraries")
     ap.add_argument("--faults", default=None, help="comma-separated subset of: " + ",".join(FAULTS))
     ap.add_argument("--libs", default=None, help="comma-separated subset of: " + ",".join(LIBS))
+    ap.add_argument("--start-method", default="fork", choices=["fork", "forkserver", "spawn"],
+                    help="for every library but loky (default fork)")
     ap.add_argument("--one", nargs=3, metavar=("FAULT", "LIB", "TMPDIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         child_main(*args.one, quick=args.quick)
         return
+    os.environ["CONVEYOR_BENCH_START_METHOD"] = args.start_method
+    global START_METHOD
+    START_METHOD = args.start_method
     faults = args.faults.split(",") if args.faults else (QUICK_FAULTS if args.quick else FAULTS)
     libs = args.libs.split(",") if args.libs else (QUICK_LIBS if args.quick else LIBS)
     t0 = time.monotonic()
@@ -522,19 +536,21 @@ def main() -> None:
         f"## Reliability: what each pool does when things go wrong\n\n"
         f"Machine: {machine()}.\n\n"
         f"Versions: {versions(['conveyor', 'loky', 'mpire', 'pebble'])}.\n\n"
-        f"Command: `python benchmarks/reliability.py{' --quick' if args.quick else ''}` "
-        f"({time.monotonic() - t0:.0f} s). {WORKERS} workers, fork (loky: its own start "
+        f"Command: `python benchmarks/reliability.py{' '.join(['', *sys.argv[1:]])}` "
+        f"({time.monotonic() - t0:.0f} s). {WORKERS} workers, {START_METHOD} (loky: its own start "
         f"method). Each cell is one run in a fresh interpreter under a {OUTER_TIMEOUT:.0f} s "
         f"timeout. Worker deaths: {BATCH} tasks submitted one call each, task {DIE_AT} "
         f"dies, the others sleep 50 ms; \"error after\" runs from the dying task's last "
         f"timestamp to the first failure the parent sees (2 ms polling). Ctrl-C and parent "
         f"kill: a map of {BATCH} two-second tasks inside the library's `with` block; "
-        f"worker pids: the parent's child processes just before the signal (resource "
-        f"trackers excluded) and the pids the tasks recorded; zombies count as gone.\n\n"
+        f"worker pids: the parent's descendants just before the signal (resource trackers "
+        f"excluded; the fork server included under forkserver) and the pids the tasks "
+        f"recorded; zombies count as gone.\n\n"
         + table(["fault", *[LABELS[lib] for lib in libs]], rows) + "\n"
     )
     print(text)
-    path = write_result("reliability", text)
+    name = "reliability" if START_METHOD == "fork" else f"reliability_{START_METHOD}"
+    path = write_result(name, text)
     print(f"written to {path}", file=sys.stderr)
 
 
