@@ -44,8 +44,10 @@ def usable_cores() -> int:
 def machine() -> str:
     """One line naming the machine, the interpreter and the date (UTC)."""
     now = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return (f"{cpu_model()}, {usable_cores()} usable cores (of {os.cpu_count()}), "
-            f"Linux {platform.release()}, Python {platform.python_version()}, {now}")
+            f"Linux {platform.release()}, Python {platform.python_version()}, {now}, "
+            f"load average {load} (1, 5, 15 min) when it was written")
 
 
 def versions(names: Sequence[str]) -> str:

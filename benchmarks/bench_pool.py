@@ -59,6 +59,12 @@ def busy(k: int) -> int:
     return acc
 
 
+def busy_pid(k: int) -> int:
+    """``busy``, returning the pid of the worker that ran it."""
+    busy(k)
+    return os.getpid()
+
+
 def calibrate(target: float = 0.005) -> int:
     k = 20_000
     while True:
@@ -295,17 +301,21 @@ def one(scenario: str, lib: str, p: dict[str, Any]) -> dict[str, Any]:
     if scenario == "cpu":
         k, n = p["k"], p["n"]
         items = [k] * n
-        c.parallel_map(busy, items[: 2 * WORKERS])
+        if p.get("after_tiny"):
+            c.map(square, range(10_000))  # 4b: the pool last ran tiny tasks
+        else:
+            c.parallel_map(busy, items[: 2 * WORKERS])
         t0 = time.perf_counter()
         for x in items:
             busy(x)
         serial = time.perf_counter() - t0
         t0 = time.perf_counter()
-        out = c.parallel_map(busy, items)
+        out = c.parallel_map(busy_pid, items)
         parallel = time.perf_counter() - t0
         assert len(out) == n
+        split = sorted((out.count(pid) for pid in set(out)), reverse=True)
         return {"serial": serial, "parallel": parallel,
-                "efficiency": serial / (WORKERS * parallel)}
+                "efficiency": serial / (WORKERS * parallel), "split": split}
     raise ValueError(scenario)
 
 
@@ -342,7 +352,8 @@ class Runner:
 
 
 def _short(res: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4g}" for k, v in res.items())
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in res.items())
 
 
 def _values(runs: list[dict[str, Any] | str], key: str) -> list[float]:
@@ -423,6 +434,8 @@ def scenario_tables(args: argparse.Namespace) -> list[str]:
         n = 40 if quick else 400
         got = runner.measure("cpu", {"k": k, "n": n}, reps)
         parts.append(cpu_table(got, n, k, reps))
+        got = runner.measure("cpu", {"k": k, "n": n, "after_tiny": True}, reps)
+        parts.append(cpu_table(got, n, k, reps, after_tiny=True))
 
     if "5" in wanted:
         reps5 = 1 if quick else 5
@@ -469,27 +482,39 @@ def imap_table(got: dict[str, list[dict[str, Any] | str]], n: int) -> str:
                      "peak - before (MiB)", "growth after 25% (MiB)", "target"], rows))
 
 
-def cpu_table(got: dict[str, list[dict[str, Any] | str]], n: int, k: int, reps: int) -> str:
+def cpu_table(got: dict[str, list[dict[str, Any] | str]], n: int, k: int, reps: int,
+              after_tiny: bool = False) -> str:
     rows = []
     best = {lib: max(v) for lib, runs in got.items() if (v := _values(runs, "efficiency"))}
     conv = best.get("conveyor")
     for lib, runs in got.items():
         ok = [r for r in runs if isinstance(r, dict)]
         if not ok:
-            rows.append([LABELS[lib], PAR_NOTES[lib], _error(runs), "-", "-", "-", ""])
+            rows.append([LABELS[lib], PAR_NOTES[lib], _error(runs), "-", "-", "-", "-", ""])
             continue
         r = max(ok, key=lambda d: d["efficiency"])
         target = f"≥ 95%: {_verdict(r['efficiency'] >= 0.95)}" if lib == "conveyor" else ""
+        splits = "; ".join("/".join(map(str, x["split"])) for x in ok)
         rows.append([LABELS[lib], PAR_NOTES[lib], f"{r['efficiency']:.1%}",
                      f"{statistics.median(_values(runs, 'efficiency')):.1%}",
-                     f"{r['serial']:.2f} / {r['parallel']:.2f}",
+                     f"{r['serial']:.2f} / {r['parallel']:.2f}", splits,
                      f"{conv / r['efficiency']:.2f}x" if conv else "-", target])
-    return (f"### 4. {n} CPU tasks of about 5 ms (pure-Python loop, {k:,} iterations)\n\n"
-            f"Parallel efficiency = serial time / ({WORKERS} x parallel time); the serial run "
+    if after_tiny:
+        title = (f"### 4b. The same {n} CPU tasks, on a pool whose previous call was a map "
+                 f"of 10,000 tiny tasks\n\nA mixed workload: before the timed map, the "
+                 f"pool ran `map(square, range(10_000))` instead of a warm-up on the CPU "
+                 f"task itself. ")
+    else:
+        title = (f"### 4. {n} CPU tasks of about 5 ms (pure-Python loop, {k:,} "
+                 f"iterations)\n\nBefore the timed map, each pool ran a warm-up map of "
+                 f"{2 * WORKERS} of the same tasks. ")
+    return (title + f"Parallel efficiency = serial time / ({WORKERS} x parallel time); the serial run "
             f"is timed in the same interpreter just before the parallel one. Best and median "
-            f"of {reps} repetition(s). Other processes on this machine lower every figure.\n\n"
+            f"of {reps} repetition(s). Other processes on this machine lower every figure; "
+            f"the tasks-per-worker split does not depend on them.\n\n"
             + table(["library", "call", "efficiency (best)", "efficiency (median)",
-                     "serial / parallel s (best)", "conveyor ÷ this", "target"], rows))
+                     "serial / parallel s (best)", "tasks per worker (each rep)",
+                     "conveyor ÷ this", "target"], rows))
 
 
 def startup_rows(got: dict[str, list[dict[str, Any] | str]], method: str) -> list[list[str]]:

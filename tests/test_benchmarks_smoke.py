@@ -47,7 +47,7 @@ def test_bench_pool_quick(tmp_path: Path) -> None:
     for n in range(1, 6):
         assert f"### {n}." in written
     conveyor_rows = [row for row in table_rows(written) if row[0] == "conveyor.Pool"]
-    assert len(conveyor_rows) == 6  # scenarios 1-4, and 5 for fork and spawn
+    assert len(conveyor_rows) == 7  # scenarios 1-4, 4b, and 5 for fork and spawn
     for row in conveyor_rows:
         assert not any(cell.startswith("failed") for cell in row), row
         assert any(cell.startswith(("≥", "flat", "no slower")) for cell in row), row
