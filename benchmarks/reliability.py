@@ -361,9 +361,28 @@ def descendants_of(root: int) -> set[int]:
     return found
 
 
-def worker_pids(proc: subprocess.Popen[str], tmp: str) -> list[int]:
-    """The pids the tasks recorded, and the parent's other descendants (idle workers)."""
-    return sorted(set(read_pids(tmp)) | descendants_of(proc.pid))
+def worker_pids(proc: subprocess.Popen[str], tmp: str) -> tuple[list[int], list[int]]:
+    """(workers, fork servers): the pids the tasks recorded and the parent's other
+    descendants (idle workers), apart from the stdlib fork server, a process-wide
+    singleton that is counted on its own."""
+    servers = {pid for pid in descendants_of(proc.pid) if _is_fork_server(pid, proc.pid)}
+    workers = (set(read_pids(tmp)) | descendants_of(proc.pid)) - servers
+    return sorted(workers), sorted(servers)
+
+
+def _is_fork_server(pid: int, parent: int) -> bool:
+    try:
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return ppid == parent and b"multiprocessing.forkserver import main" in cmdline
+
+
+def server_note(servers: list[int]) -> str:
+    if not servers:
+        return ""
+    return "; fork server " + ("still alive" if any(alive(p) for p in servers) else "gone")
 
 
 def map_started(proc: subprocess.Popen[str], tmp: str) -> str:
@@ -383,12 +402,14 @@ def read_pids(tmp: str) -> list[int]:
         return []
 
 
-def start_child(fault: str, lib: str, tmp: str, quick: bool, out: Any, err: Any
+def start_child(fault: str, lib: str, tmp: str, quick: bool, method: str, out: Any, err: Any
                 ) -> subprocess.Popen[str]:
     argv = [sys.executable, os.path.abspath(__file__), "--one", fault, lib, tmp]
     if quick:
         argv.append("--quick")
-    return subprocess.Popen(argv, stdout=out, stderr=err, text=True, start_new_session=True)
+    env = {**os.environ, "CONVEYOR_BENCH_START_METHOD": method}
+    return subprocess.Popen(argv, stdout=out, stderr=err, text=True, start_new_session=True,
+                            env=env)
 
 
 def wait_for(cond: Any, timeout: float, step: float = 0.01) -> bool:
@@ -400,11 +421,11 @@ def wait_for(cond: Any, timeout: float, step: float = 0.01) -> bool:
     return bool(cond())
 
 
-def scenario(fault: str, lib: str, quick: bool) -> str:
+def scenario(fault: str, lib: str, quick: bool, method: str) -> str:
     """Runs one (fault, library) pair; returns its table cell."""
     with (tempfile.TemporaryDirectory(prefix="conveyor-rel-") as tmp,
           tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err):
-        proc = start_child(fault, lib, tmp, quick, out, err)
+        proc = start_child(fault, lib, tmp, quick, method, out, err)
         try:
             if fault == "ctrl_c":
                 return ctrl_c(proc, tmp)
@@ -461,12 +482,12 @@ def ctrl_c(proc: subprocess.Popen[str], tmp: str) -> str:
     problem = map_started(proc, tmp)
     if problem:
         return problem
-    pids = worker_pids(proc, tmp)
+    pids, servers = worker_pids(proc, tmp)
     t_sig = time.time()
     os.killpg(proc.pid, signal.SIGINT)
     kbi = Path(tmp, "kbi_at")
     wait_for(lambda: kbi.exists() or proc.poll() is not None, 10)
-    pids = sorted(set(pids) | set(read_pids(tmp)))
+    pids = sorted(set(pids) | set(read_pids(tmp)) - set(servers))
     if not kbi.exists():
         if proc.poll() is None:
             return "hangs (no KeyboardInterrupt within 10 s)"
@@ -484,24 +505,42 @@ def ctrl_c(proc: subprocess.Popen[str], tmp: str) -> str:
     else:
         exit_note = "**parent still running 6 s later**"
     return (f"KeyboardInterrupt after {t_kbi - t_sig:.3f} s; {len(left)}/{len(pids)} workers "
-            f"alive 1 s later; {exit_note}")
+            f"alive 1 s later; {exit_note}{server_note(servers)}")
 
 
 def parent_kill(proc: subprocess.Popen[str], tmp: str) -> str:
     problem = map_started(proc, tmp)
     if problem:
         return problem
-    pids = worker_pids(proc, tmp)
+    pids, servers = worker_pids(proc, tmp)
     t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     gone = wait_for(lambda: not any(alive(p) for p in pids), 1.0, step=0.005)
     if gone:
-        return f"all {len(pids)} workers gone after {time.monotonic() - t0:.2f} s"
+        return (f"all {len(pids)} workers gone after {time.monotonic() - t0:.2f} s"
+                f"{server_note(servers)}")
     left = [p for p in pids if alive(p)]
-    still = wait_for(lambda: not any(alive(p) for p in pids), 4.0)
-    later = "gone within 5 s" if still else "still alive 5 s later"
-    return f"**{len(left)}/{len(pids)} workers alive 1 s later** ({later})"
+    still = wait_for(lambda: not any(alive(p) for p in pids), 9.0, step=0.05)
+    later = f"last gone after {time.monotonic() - t0:.1f} s" if still else "still alive 10 s later"
+    return (f"**{len(left)}/{len(pids)} workers alive 1 s later** ({later})"
+            f"{server_note(servers)}")
+
+
+def fault_rows(faults: list[str], columns: list[tuple[str, str]], quick: bool
+               ) -> list[list[str]]:
+    """One row per fault; one cell per (library, start method)."""
+    rows = []
+    for fault in faults:
+        row = [FAULT_LABELS[fault]]
+        for lib, method in columns:
+            t = time.monotonic()
+            cell = scenario(fault, lib, quick, method)
+            print(f"  {fault:12} {LABELS[lib]:26} {method:10} {time.monotonic() - t:5.1f} s  "
+                  f"{cell}", file=sys.stderr, flush=True)
+            row.append(cell)
+        rows.append(row)
+    return rows
 
 
 def main() -> None:
@@ -516,28 +555,23 @@ def main() -> None:
     if args.one:
         child_main(*args.one, quick=args.quick)
         return
-    os.environ["CONVEYOR_BENCH_START_METHOD"] = args.start_method
-    global START_METHOD
-    START_METHOD = args.start_method
+    method = args.start_method
     faults = args.faults.split(",") if args.faults else (QUICK_FAULTS if args.quick else FAULTS)
     libs = args.libs.split(",") if args.libs else (QUICK_LIBS if args.quick else LIBS)
     t0 = time.monotonic()
-    rows = []
-    for fault in faults:
-        row = [FAULT_LABELS[fault]]
-        for lib in libs:
-            t = time.monotonic()
-            cell = scenario(fault, lib, args.quick)
-            print(f"  {fault:12} {LABELS[lib]:26} {time.monotonic() - t:5.1f} s  {cell}",
-                  file=sys.stderr, flush=True)
-            row.append(cell)
-        rows.append(row)
+    rows = fault_rows(faults, [(lib, method) for lib in libs], args.quick)
+    extra = ""
+    if not (args.quick or args.faults or args.libs or method != "fork"):
+        others = [("conveyor", "spawn"), ("conveyor", "forkserver")]
+        extra = ("\n\nconveyor under its other start methods (same faults, same rules):\n\n"
+                 + table(["fault", *[f"{LABELS[lib]}, {m}" for lib, m in others]],
+                         fault_rows(faults, others, args.quick)))
     text = (
         f"## Reliability: what each pool does when things go wrong\n\n"
         f"Machine: {machine()}.\n\n"
         f"Versions: {versions(['conveyor', 'loky', 'mpire', 'pebble'])}.\n\n"
         f"Command: `python benchmarks/reliability.py{' '.join(['', *sys.argv[1:]])}` "
-        f"({time.monotonic() - t0:.0f} s). {WORKERS} workers, {START_METHOD} (loky: its own start "
+        f"({time.monotonic() - t0:.0f} s). {WORKERS} workers, {method} (loky: its own start "
         f"method). Each cell is one run in a fresh interpreter under a {OUTER_TIMEOUT:.0f} s "
         f"timeout. Worker deaths: {BATCH} tasks submitted one call each, task {DIE_AT} "
         f"dies, the others sleep 50 ms; \"error after\" runs from the dying task's last "
@@ -546,10 +580,10 @@ def main() -> None:
         f"worker pids: the parent's descendants just before the signal (resource trackers "
         f"excluded; the fork server included under forkserver) and the pids the tasks "
         f"recorded; zombies count as gone.\n\n"
-        + table(["fault", *[LABELS[lib] for lib in libs]], rows) + "\n"
+        + table(["fault", *[LABELS[lib] for lib in libs]], rows) + extra + "\n"
     )
     print(text)
-    name = "reliability" if START_METHOD == "fork" else f"reliability_{START_METHOD}"
+    name = "reliability" if method == "fork" else f"reliability_{method}"
     path = write_result(name, text)
     print(f"written to {path}", file=sys.stderr)
 
