@@ -19,6 +19,8 @@ The faults:
   block: time until the parent raises KeyboardInterrupt, workers alive 1 s later.
 - the parent is SIGKILLed during ``map``: are its workers gone 1 s later?
 
+The full run then repeats every fault for conveyor alone under spawn and forkserver.
+
 Scenario children restore Python's SIGINT handler first: a benchmark started in the
 background by a shell inherits SIGINT ignored, and Ctrl-C would then test nothing.
 """

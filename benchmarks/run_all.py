@@ -1,6 +1,6 @@
 """Run every benchmark, then assemble ``BENCHMARKS.md`` at the repository root.
 
-    python benchmarks/run_all.py            # everything, about 10 minutes on 2 cores
+    python benchmarks/run_all.py            # everything, 8 to 11 minutes on 2 busy cores
     python benchmarks/run_all.py --quick    # passes --quick to the scripts that take it
 
 Each ``benchmarks/bench_*.py`` and ``benchmarks/reliability.py`` runs as a subprocess of
