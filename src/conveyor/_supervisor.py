@@ -151,7 +151,8 @@ class Supervisor:
         from conveyor._shm import _start_time
 
         self._owner = (os.getpid(), _start_time(os.getpid()))
-        self._slots = ctx.RawArray("q", workers * _worker.SLOT_SIZE)
+        self._status = _worker.status_block(workers)
+        self._slots = _worker.status_view(self._status)
         for i in range(0, workers * _worker.SLOT_SIZE, _worker.SLOT_SIZE):
             self._slots[i] = -1
         self.pending: deque[Record] = deque()
@@ -233,7 +234,7 @@ class Supervisor:
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker.worker_main,
             args=(
-                child_task, child_result, self._slots, index, self._init_bytes,
+                child_task, child_result, self._status, index, self._init_bytes,
                 self._maxtasks, self._max_memory, self._die_with_parent(), self._owner,
             ),
             name=f"conveyor-worker-{index}",
@@ -385,20 +386,27 @@ class Supervisor:
             return 2
         return max(2, min(_MAX_DEPTH, 1 + math.ceil(_TARGET_QUEUE_NS / avg)))
 
+    def _usable(self) -> list[_Worker]:
+        """Workers that may be given tasks: the ready ones; or, while none is ready yet
+        (a fresh pool), the starting ones, so the first task need not wait for a
+        round trip after start-up."""
+        alive = [w for w in self._workers if w is not None and not w.retiring
+                 and w.kill_reason is None]
+        ready = [w for w in alive if w.ready]
+        return ready or alive
+
     def _has_room(self) -> bool:
         # Only an idle worker is worth a wake-up: a worker with queued work will send
         # results soon, and that wakes the supervisor, which then refills it. Waking
         # for less would hand the GIL back and forth once per submit.
-        return any(w is not None and w.ready and not w.retiring and w.kill_reason is None
-                   and not w.outstanding for w in self._workers)
+        return any(not w.outstanding for w in self._usable())
 
     def _dispatch(self) -> None:
         pending = self.pending
         if not pending:
             return
         depth = self._depth()
-        ready = [w for w in self._workers if w is not None and w.ready and not w.retiring
-                 and w.kill_reason is None]
+        ready = self._usable()
         ready.sort(key=lambda w: len(w.outstanding))
         for i, w in enumerate(ready):
             if not pending:
@@ -459,6 +467,7 @@ class Supervisor:
             elif kind == _worker.READY:
                 w.ready = True
                 self._start_failures = 0
+                self.needs_work = True
             elif kind == _worker.RETIRE:
                 w.retiring = True
             elif kind == _worker.INIT_FAILED:

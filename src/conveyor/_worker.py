@@ -58,6 +58,26 @@ SLOT_SIZE = 4
 FN_CACHE_SIZE = 128
 _FLUSH_NS = 2_000_000  # send results at least every 2 ms while busy
 
+def status_block(workers: int) -> Any:
+    """Shared memory for the workers' status slots (int64 each), reachable from children
+    under every start method.
+
+    ``multiprocessing.heap.BufferWrapper`` is the allocator behind ``RawArray`` without
+    the ctypes layer: importing ``multiprocessing.sharedctypes`` (and with it ctypes)
+    costs ~5 ms of pool start-up. Its arena is an unlinked file, passed to spawned
+    children as a file descriptor, so nothing can leak in /dev/shm. It is the one
+    undocumented standard-library name this package relies on.
+    """
+    from multiprocessing.heap import BufferWrapper
+
+    return BufferWrapper(workers * SLOT_SIZE * 8)
+
+
+def status_view(block: Any) -> memoryview:
+    # A plain memoryview: item stores cost ~30 ns, against ~80 ns through ctypes.
+    return block.create_memoryview().cast("B").cast("q")  # type: ignore[no-any-return]
+
+
 _NOT_IN_WORKER = object()
 _state: Any = _NOT_IN_WORKER
 _index: int = -1
@@ -115,12 +135,17 @@ def _encode_exception(exc: BaseException) -> tuple[bytes, str]:
     return data, tb
 
 
-def _watch_parent(ppid: int, owner: tuple[int, str | None]) -> None:
+def _watch_parent(ppid: int, owner: tuple[int, str | None], die_with_parent: bool) -> None:
     # Under forkserver our parent is the fork server, which can outlive the pool's
     # process for seconds; so the pool's own process (pid and start time, which
     # rules out a recycled pid) is watched too.
     from conveyor._shm import _start_time
 
+    if die_with_parent:
+        # Loading ctypes takes ~5 ms with the GIL held; done a moment after start-up, it
+        # does not delay the first task. The polling below covers the moment before.
+        time.sleep(0.2)
+        _die_with_parent(ppid)
     owner_pid, owner_started = owner
     while True:
         time.sleep(0.05)
@@ -198,18 +223,16 @@ def worker_main(
     task_conn.close()
     result_conn.close()
     ppid = os.getppid()
-    if die_with_parent:
-        _die_with_parent(ppid)
     if owner is None:
         from conveyor._shm import _start_time
 
         owner = (ppid, _start_time(ppid))
     threading.Thread(
-        target=_watch_parent, args=(ppid, owner), name="conveyor-parent-watch", daemon=True
+        target=_watch_parent, args=(ppid, owner, die_with_parent), name="conveyor-parent-watch",
+        daemon=True,
     ).start()
     _index = index
-    # A plain memoryview over the shared array: item stores cost ~30 ns instead of ctypes' ~80.
-    slots = memoryview(slots).cast("B").cast("q")
+    slots = status_view(slots)
 
     try:
         state = None
