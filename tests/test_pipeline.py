@@ -189,3 +189,24 @@ def test_ctrl_c_stops_the_pipeline() -> None:
     leftover = subprocess.run(["pgrep", "-f", f"{SCENARIO.name} ctrl_c"], capture_output=True,
                               text=True).stdout.split()
     assert leftover == []
+
+
+def produce_into(ch: cv.Channel[int], start: int) -> None:
+    with ch:
+        for i in range(start, start + 100):
+            ch.put(i)
+
+
+def test_a_channel_as_the_source() -> None:
+    import multiprocessing as mp
+
+    ch: cv.Channel[int] = cv.Channel(maxsize=16, senders=2)
+    producers = [mp.get_context("fork").Process(target=produce_into, args=(ch, s))
+                 for s in (0, 1000)]
+    for p in producers:
+        p.start()
+    got = cv.Pipeline(ch, ordered=False).map(double, workers=2).run()
+    for p in producers:
+        p.join()
+    ch.unlink()
+    assert sorted(got) == sorted(2 * x for x in [*range(100), *range(1000, 1100)])

@@ -140,6 +140,20 @@ def test_errors_pickle_with_their_facts(error: Exception) -> None:
 
 
 def test_public_names_match_all() -> None:
-    exported = {name for name in dir(cv) if not name.startswith("_")}
-    modules = {"errors"}
-    assert set(cv.__all__) == exported - modules
+    assert set(cv.__all__) == set(cv._EXPORTS)  # every export is listed, and only those
+    for name in cv.__all__:
+        assert getattr(cv, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Poool'"):
+        cv.Poool  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_import_is_cheap_and_lazy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, conveyor; print(sorted(m for m in sys.modules if m.startswith('conveyor')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "['conveyor']"  # nothing heavy (numpy, tqdm, Dask) either
+    code = "import sys, conveyor; print('numpy' in sys.modules, 'tqdm' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False False"

@@ -83,10 +83,13 @@ class FrameWriter:
         self._parts: deque[memoryview] = deque()
         self.pending_bytes = 0
 
-    def push(self, kind: int, payload: bytes | bytearray) -> None:
-        self._parts.append(memoryview(HEADER.pack(len(payload), kind)))
-        self._parts.append(memoryview(payload))
-        self.pending_bytes += HEADER.size + len(payload)
+    def push(self, kind: int, payload: bytes | bytearray | list[bytes]) -> None:
+        """Queue a frame; a list payload is sent as the concatenation of its parts."""
+        parts = payload if isinstance(payload, list) else [payload]
+        length = sum(len(p) for p in parts)
+        self._parts.append(memoryview(HEADER.pack(length, kind)))
+        self._parts.extend(memoryview(p) for p in parts)
+        self.pending_bytes += HEADER.size + length
 
     def flush(self) -> bool:
         """Write what the pipe takes now. True when everything queued is written.

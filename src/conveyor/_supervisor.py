@@ -417,6 +417,7 @@ class Supervisor:
             if room <= 0 or w.writer.pending_bytes > _MAX_PENDING_BYTES:
                 continue
             batch = []
+            datas: list[bytes] = []
             size = 0
             known = w.known_fns
             while pending and room > 0 and size < _MAX_PENDING_BYTES:
@@ -436,12 +437,17 @@ class Supervisor:
                     if len(known) > _worker.FN_CACHE_SIZE:
                         known.popitem(last=False)
                     fn_bytes = call.fn_bytes
-                batch.append((rec.rid, fn_id, fn_bytes, rec.mode, rec.data))
+                # The arguments travel beside the pickled list, not inside it: a large
+                # argument is then not copied once more into the list's pickle, nor
+                # out of it in the worker.
+                batch.append((rec.rid, fn_id, fn_bytes, rec.mode, len(rec.data)))
+                datas.append(rec.data)
                 w.outstanding[rec.rid] = rec
                 size += len(rec.data)
                 room -= 1
             if batch:
-                w.writer.push(_worker.TASKS, pickle.dumps(batch, _serialize.PROTOCOL))
+                head = pickle.dumps(batch, _serialize.PROTOCOL)
+                w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
                 self._flush(w)
 
     def _flush(self, w: _Worker) -> None:

@@ -18,6 +18,7 @@ import pickle
 import resource
 import select
 import signal
+import struct
 import sys
 import threading
 import time
@@ -37,6 +38,10 @@ READY = 10
 INIT_FAILED = 11
 RESULTS = 12
 RETIRE = 13
+
+# A TASKS frame: u64 length of the pickled task list, the list, then each task's
+# pickled arguments back to back (the list gives their lengths).
+HEAD_LEN = struct.Struct("<Q")
 
 # Task modes.
 CALL = 0  # payload: (args, kwargs)  -> one result
@@ -286,9 +291,14 @@ def _task_loop(
             if out:
                 flush()
             return
-        for rec_id, fn_id, fn_bytes, mode, data in pickle.loads(payload):
-            if os.getppid() != ppid:
-                os._exit(70)  # orphaned: start nothing new
+        if os.getppid() != ppid:
+            os._exit(70)  # orphaned: start nothing new
+        view = memoryview(payload)
+        (head_len,) = HEAD_LEN.unpack_from(view, 0)
+        offset = HEAD_LEN.size + head_len
+        for rec_id, fn_id, fn_bytes, mode, size in pickle.loads(view[HEAD_LEN.size:offset]):
+            data = view[offset:offset + size]
+            offset += size
             fn = fns.get(fn_id, fn_bytes)
             slots[base + SLOT_ITEM] = 0
             slots[base + SLOT_STARTED_NS] = time.monotonic_ns()
@@ -318,7 +328,8 @@ def _task_loop(
                 return
 
 
-def _run(fn: Callable[..., Any], mode: int, data: bytes, slots: Any, base: int) -> tuple[int, Any]:
+def _run(fn: Callable[..., Any], mode: int, data: memoryview, slots: Any, base: int
+         ) -> tuple[int, Any]:
     try:
         payload = pickle.loads(data)
     except BaseException as exc:
