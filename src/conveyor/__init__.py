@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from conveyor._pool import AsyncResult as AsyncResult
     from conveyor._pool import MapResult as MapResult
     from conveyor._pool import Pool as Pool
-    from conveyor._pool import PoolStatistics as PoolStatistics
     from conveyor._pool import TaskFuture as TaskFuture
     from conveyor._pool import map as map
+    from conveyor._pool_stats import PoolStatistics as PoolStatistics
     from conveyor._shared import SharedCounter as SharedCounter
     from conveyor._shared import SharedValue as SharedValue
     from conveyor._shared_array import SharedArray as SharedArray
@@ -87,7 +87,7 @@ _EXPORTS: dict[str, str] = {
     "AsyncResult": "conveyor._pool",
     "MapResult": "conveyor._pool",
     "Pool": "conveyor._pool",
-    "PoolStatistics": "conveyor._pool",
+    "PoolStatistics": "conveyor._pool_stats",
     "TaskFuture": "conveyor._pool",
     "map": "conveyor._pool",
     "SharedCounter": "conveyor._shared",

@@ -23,8 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import CancelledError
-from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from conveyor import _serialize, _worker
 from conveyor._progress import CallbackThread, Progress, ProgressSpec
@@ -36,6 +35,9 @@ from conveyor.errors import (
     SerializationError,
     short_repr,
 )
+
+if TYPE_CHECKING:
+    from conveyor._pool_stats import PoolStatistics
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -49,17 +51,6 @@ def _default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
-
-
-@dataclass(frozen=True)
-class PoolStatistics:
-    """Counters of a pool, from :meth:`Pool.statistics`."""
-
-    workers: int
-    worker_pids: tuple[int, ...]
-    tasks_done: int
-    tasks_pending: int
-    workers_replaced: int
 
 
 class TaskFuture(futures.Future[Any]):
@@ -100,16 +91,22 @@ class TaskFuture(futures.Future[Any]):
 # --------------------------------------------------------------------------- call objects
 
 
-@dataclass(frozen=True)
 class _Spec:
-    """A function and its per-call options, resolved and validated once."""
+    """A function and its per-call options, resolved and validated once.
 
-    fn_name: str
-    fn_id: int
-    fn_bytes: bytes
-    timeout: float | None
-    retries: int
-    retry_on: tuple[type[BaseException], ...]
+    A plain class rather than a dataclass: dataclasses compile their methods when the
+    module is imported, and that was most of the pool's start-up on a slow machine."""
+
+    __slots__ = ("fn_bytes", "fn_id", "fn_name", "retries", "retry_on", "timeout")
+
+    def __init__(self, fn_name: str, fn_id: int, fn_bytes: bytes, timeout: float | None,
+                 retries: int, retry_on: tuple[type[BaseException], ...]) -> None:
+        self.fn_name = fn_name
+        self.fn_id = fn_id
+        self.fn_bytes = fn_bytes
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_on = retry_on
 
 
 class _Call:
@@ -943,6 +940,8 @@ class Pool(futures.Executor):
 
     def statistics(self) -> PoolStatistics:
         """A snapshot of the pool's counters."""
+        from conveyor._pool_stats import PoolStatistics
+
         pids = tuple(self._sup.worker_pids())
         return PoolStatistics(self._workers, pids, self._sup.tasks_done, len(self._sup.pending),
                               self._sup.workers_replaced)
