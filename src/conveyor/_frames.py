@@ -12,7 +12,6 @@ A frame is a 12-byte header (payload length: u64, kind: u32) and the payload.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import struct
@@ -186,7 +185,3 @@ class FrameReader:
             break
         if pos:
             del buf[:pos]
-
-
-def is_broken_pipe(exc: OSError) -> bool:
-    return exc.errno in (errno.EPIPE, errno.ECONNRESET, errno.EBADF)

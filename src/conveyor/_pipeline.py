@@ -657,17 +657,7 @@ class _Run:
             stage.closed_input = True
             tail = self._regroup(stage, [], final=True)
             stage.items_out += len(tail)
-            # hand the tail on as if this local stage had just produced it
-            k = j + 1
-            while k < len(self.stages) and self.stages[k].local:
-                self.stages[k].items_in += len(tail)
-                tail = self._regroup(self.stages[k], tail, final=False)
-                self.stages[k].items_out += len(tail)
-                k += 1
-            if k == len(self.stages):
-                self.out.extend(tail)
-            else:
-                self.stages[k].buffer.extend(tail)
+            self._deliver(j, tail)  # as if this local stage had just produced it
             j += 1
 
     # ---- reporting

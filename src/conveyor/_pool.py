@@ -293,9 +293,7 @@ class _FutureCall(Record):
             pass  # cancelled (force=True) while it ran
 
     def abort(self, exc: BaseException) -> None:
-        if isinstance(exc, CancelledError):
-            self.future.cancel(force=True) or self.future.cancel()
-        self._settle(None, exc)
+        self._settle(None, exc)  # a CancelledError cancels the future there
 
 
 class _ListCall(_Call):
@@ -898,9 +896,8 @@ class Pool(futures.Executor):
     ) -> Iterator[R]:
         """Results in input order, as they become available; reads ``iterable`` lazily
         (a bounded window ahead), so an endless generator works."""
-        self._check_open()
-        return _IterCall(self, self._spec(func, task_timeout, retries, retry_on), iterable,
-                         _worker.MAP, chunksize, True, progress)
+        return self._imap(func, iterable, chunksize, True, progress, task_timeout, retries,
+                          retry_on)
 
     def imap_unordered(
         self,
@@ -914,9 +911,16 @@ class Pool(futures.Executor):
         retry_on: tuple[type[BaseException], ...] | None = None,
     ) -> Iterator[R]:
         """Results in completion order; reads ``iterable`` lazily."""
+        return self._imap(func, iterable, chunksize, False, progress, task_timeout, retries,
+                          retry_on)
+
+    def _imap(self, func: Callable[..., Any], iterable: Iterable[Any], chunksize: int,
+              ordered: bool, progress: ProgressSpec, task_timeout: float | None,
+              retries: int | None, retry_on: tuple[type[BaseException], ...] | None
+              ) -> Iterator[Any]:
         self._check_open()
         return _IterCall(self, self._spec(func, task_timeout, retries, retry_on), iterable,
-                         _worker.MAP, chunksize, False, progress)
+                         _worker.MAP, chunksize, ordered, progress)
 
     def close(self) -> None:
         """Accept no more work; workers exit once the submitted work is done."""

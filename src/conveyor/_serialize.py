@@ -108,7 +108,3 @@ def serialization_error(
     if hint:
         message += f"; {hint}"
     return SerializationError(message, what=what, task_index=task_index)
-
-
-def loads(data: bytes | bytearray | memoryview) -> Any:
-    return pickle.loads(data)

@@ -353,10 +353,9 @@ class Supervisor:
         self._abort_all(CancelledError("the pool was terminated"))
 
     def _cmd_cancel_pending(self, _: Any) -> None:
-        calls = {rec.call for rec in self.pending}
+        dropped = list(self.pending)
         self.pending.clear()
-        for call in calls:
-            call.abort(CancelledError("cancelled by shutdown(cancel_futures=True)"))
+        _abort_calls(dropped, CancelledError("cancelled by shutdown(cancel_futures=True)"))
 
     def _cmd_cancel_running(self, call: Any) -> None:
         for w in self._workers:
@@ -368,14 +367,13 @@ class Supervisor:
                 self._kill(w, "cancelled", rid)
 
     def _abort_all(self, exc: BaseException) -> None:
-        calls = {rec.call for rec in self.pending}
+        dropped = list(self.pending)
+        self.pending.clear()
         for w in self._workers:
             if w is not None:
-                calls.update(rec.call for rec in w.outstanding.values())
+                dropped.extend(w.outstanding.values())
                 w.outstanding.clear()
-        self.pending.clear()
-        for call in calls:
-            call.abort(exc)
+        _abort_calls(dropped, exc)
 
     # -------------------------------------------------------------------------- dispatch
 
@@ -645,6 +643,12 @@ class Supervisor:
                 w.process.join()
             self._forget_worker(w)
             w.process.close()
+
+
+def _abort_calls(records: list[Record], exc: BaseException) -> None:
+    """Tell each call with a record among ``records`` (once per call) that it is over."""
+    for call in {rec.call for rec in records}:
+        call.abort(exc)
 
 
 def _decode_exception(data: bytes, tb: str) -> BaseException:
