@@ -113,3 +113,106 @@ def add_state(x: int) -> Any:
 
 def constant(value: Any) -> Any:
     return value
+
+
+def exit_zero(_: Any = None) -> None:
+    os._exit(0)
+
+
+def exit_in_init(code: int = 0) -> None:
+    os._exit(code)
+
+
+def fork_and_return(x: int) -> int:
+    os.fork()  # both the worker and its child return from here
+    return x
+
+
+class DiesWhenPickled:
+    """A result whose pickling kills the worker (as a segfault in a __reduce__ would)."""
+
+    def __reduce__(self) -> Any:
+        os._exit(0)
+
+
+class ExitsWhenPickled:
+    def __reduce__(self) -> Any:
+        raise SystemExit(3)
+
+
+def _refuse_to_load(kind: str) -> Any:
+    if kind == "exit":
+        raise SystemExit(4)
+    raise ValueError("this result refuses to be unpickled")
+
+
+class FailsWhenLoaded:
+    """Pickles fine in the worker; unpickling it in the parent raises."""
+
+    def __init__(self, kind: str = "error") -> None:
+        self.kind = kind
+
+    def __reduce__(self) -> Any:
+        return (_refuse_to_load, (self.kind,))
+
+
+def return_object(kind: str) -> Any:
+    if kind == "dies":
+        return DiesWhenPickled()
+    if kind == "exits":
+        return ExitsWhenPickled()
+    if kind in ("error", "exit"):
+        return FailsWhenLoaded(kind)
+    return kind
+
+
+def nap_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def die_once(x: int, folder: str) -> int:
+    """Kills its worker the first time it runs for ``x`` (a marker file remembers)."""
+    marker = os.path.join(folder, f"ran-{x}")
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return x
+    os.close(fd)
+    os._exit(1)
+
+
+def log_run(x: int, seconds: float, path: str) -> int:
+    """Appends ``x`` to a log file each time it runs (to count executions)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{x}\n".encode())
+    finally:
+        os.close(fd)
+    if seconds:
+        time.sleep(seconds)
+    return x
+
+
+def nested_map(n: int) -> list[int]:
+    """A task that runs a pool of its own (workers are not daemonic)."""
+    return conveyor.map(square, range(n), workers=2)
+
+
+_SYNC: tuple[Any, ...] = ()
+
+
+def init_sync(lock: Any, queue: Any, value: Any, event: Any) -> None:
+    """An initializer given multiprocessing's Lock, queue, Value and Event."""
+    global _SYNC
+    _SYNC = (lock, queue, value, event)
+
+
+def work_sync(x: int) -> bool:
+    lock, queue, value, event = _SYNC
+    if x == 3:
+        os._exit(1)  # its replacement must get the same objects
+    with lock:
+        value.value += 1
+    queue.put(x)
+    return bool(event.is_set())

@@ -73,6 +73,7 @@ if TYPE_CHECKING:
     from conveyor.errors import TeamMemberLostError as TeamMemberLostError
     from conveyor.errors import WorkerLostError as WorkerLostError
     from conveyor.errors import WorkerStartError as WorkerStartError
+    from conveyor.errors import WrongProcessError as WrongProcessError
 
 __version__ = "0.1.0"
 
@@ -122,6 +123,7 @@ _EXPORTS: dict[str, str] = {
     "TeamMemberLostError": "conveyor.errors",
     "WorkerLostError": "conveyor.errors",
     "WorkerStartError": "conveyor.errors",
+    "WrongProcessError": "conveyor.errors",
 }
 
 __all__ = [
@@ -162,6 +164,7 @@ __all__ = [
     "TeamMemberLostError",
     "WorkerLostError",
     "WorkerStartError",
+    "WrongProcessError",
     "iter_work_queue",
     "map",
     "shared_struct",

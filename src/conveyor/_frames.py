@@ -56,11 +56,15 @@ def read_frame(fd: int) -> tuple[int, bytearray]:
     return kind, _read_exact(fd, length)
 
 
-def write_frame(fd: int, kind: int, payload: bytes | bytearray | memoryview) -> None:
-    """Block until the whole frame is written."""
-    parts = [memoryview(HEADER.pack(len(payload), kind)), memoryview(payload)]
+def write_frame(fd: int, kind: int,
+                payload: bytes | bytearray | memoryview | list[bytes]) -> None:
+    """Block until the whole frame is written; a list payload is sent as the
+    concatenation of its parts (gathered by ``writev``, not joined)."""
+    chunks = payload if isinstance(payload, list) else [payload]
+    length = sum(len(c) for c in chunks)
+    parts = [memoryview(HEADER.pack(length, kind)), *(memoryview(c) for c in chunks if len(c))]
     while parts:
-        sent = os.writev(fd, parts)
+        sent = os.writev(fd, parts[:512])  # IOV_MAX is 1024 on Linux
         while parts and sent >= len(parts[0]):
             sent -= len(parts[0])
             parts.pop(0)

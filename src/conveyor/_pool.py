@@ -8,7 +8,17 @@ lists, lazily fed iterators, progress updates and callbacks.
 
 ``Pool`` is both a drop-in for ``multiprocessing.Pool`` and a real
 ``concurrent.futures.Executor``. Where the two disagree, the Executor wins: leaving a
-``with`` block waits for submitted work (and terminates at once on an exception).
+``with`` block waits for submitted work (and terminates at once on an exception), and
+work submitted before the interpreter exits is finished first.
+
+Closing and lazy iterators: ``close()`` (and leaving ``with``) stops reading the input
+of every ``imap``/``imap_unordered`` iterator of the pool. The tasks already read
+finish, their results can still be taken from the iterator, and then ``next()`` raises
+``PoolClosedError`` (the rest of the input was never run). So a half-read iterator
+never keeps a pool alive.
+
+A pool belongs to the process that created it: in a forked child every call raises
+``PoolClosedError`` naming the owner, and ``close``/``join``/``terminate`` do nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import math
 import multiprocessing
 import os
 import threading
+import warnings
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -33,6 +44,7 @@ from conveyor.errors import (
     PoolClosedError,
     ResultTimeoutError,
     SerializationError,
+    WrongProcessError,
     short_repr,
 )
 
@@ -44,6 +56,45 @@ R = TypeVar("R")
 
 _FN_CACHE = 64
 _GUIDED_FACTOR = 4  # map chunks: remaining / (4 x workers), as guided self-scheduling
+
+
+def _check_timeout(task_timeout: Any) -> None:
+    if task_timeout is None:
+        return
+    if (isinstance(task_timeout, bool) or not isinstance(task_timeout, int | float)
+            or not math.isfinite(task_timeout) or task_timeout <= 0):
+        raise ValueError(f"task_timeout must be a positive, finite number of seconds, got "
+                         f"{task_timeout!r}")
+
+
+def _check_retries(retries: Any) -> None:
+    if isinstance(retries, bool) or not isinstance(retries, int):
+        raise TypeError(f"retries must be an int, got {retries!r}")
+    if retries < 0:
+        raise ValueError(f"retries must be >= 0, got {retries}")
+
+
+def _check_retry_on(retry_on: Any) -> tuple[type[BaseException], ...]:
+    if isinstance(retry_on, type):
+        raise TypeError(f"retry_on must be a tuple of exception types, got the class "
+                        f"{retry_on.__name__} itself; write retry_on=({retry_on.__name__},)")
+    try:
+        types = tuple(retry_on)
+    except TypeError:
+        raise TypeError(f"retry_on must be a tuple of exception types, got {retry_on!r}") from None
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"retry_on must hold exception types, got {t!r} in {retry_on!r}")
+    return types
+
+
+def _check_chunksize(chunksize: Any) -> None:
+    if chunksize is None:
+        return
+    if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+        raise TypeError(f"chunksize must be an int, got {chunksize!r}")
+    if chunksize < 1:
+        raise ValueError(f"chunksize must be >= 1, got {chunksize}")
 
 
 def _default_workers() -> int:
@@ -204,7 +255,7 @@ class _FutureCall(Record):
     future is settled (a collector off measured twice the throughput of one on)."""
 
     __slots__ = ("callback", "error_callback", "fn_bytes", "fn_id", "fn_name", "future",
-                 "pool", "retries", "retry_on", "sup", "timeout")
+                 "pool", "retries", "retry_on", "started", "sup", "timeout")
     progress = None  # single tasks report through their future, not a bar
 
     label = _Call.label
@@ -240,6 +291,7 @@ class _FutureCall(Record):
         self.attempts = 0
         self.elapsed_ns = 0
         self.worker = -1
+        self.started = False
 
     @property
     def call(self) -> _FutureCall:
@@ -252,7 +304,8 @@ class _FutureCall(Record):
         self.pool._callbacks.post(fn, *args)
 
     def start(self, rec: Record) -> bool:
-        if rec.attempts == 0:
+        if not self.started:  # not on a retry, nor after a take-back
+            self.started = True
             return self.future.set_running_or_notify_cancel()
         return not self.future.cancelled()
 
@@ -312,8 +365,6 @@ class _ListCall(_Call):
         self.error_callback = error_callback
         self.done = threading.Event()
         self._callback_error: BaseException | None = None
-        if chunksize is None and self.timeout:
-            chunksize = 1  # a timeout applies per task, so each task gets its own record
         self.records = self._make_records(items, _chunks(n, pool._workers, chunksize))
         if n == 0:
             self._finish()
@@ -386,8 +437,7 @@ class _IterCall(_Call, Iterator[Any]):
                  chunksize: int, ordered: bool, progress: ProgressSpec = None) -> None:
         total = len(iterable) if hasattr(iterable, "__len__") else None  # type: ignore[arg-type]
         super().__init__(pool, spec, mode, total, progress)
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
+        _check_chunksize(chunksize)
         self.chunksize = chunksize
         self.ordered = ordered
         self._source: Iterator[Any] | None = iter(iterable)
@@ -404,10 +454,8 @@ class _IterCall(_Call, Iterator[Any]):
         self._end: int | None = None  # item count, once the source is exhausted
         self._source_error: BaseException | None = None
         self._cond = threading.Condition(threading.Lock())
-        with pool._lock:
-            self.sup.open_feeds += 1
-        self._feeding = True
-        self._finalizer = weakref.finalize(self, _stop_feed, pool, self.sup)
+        self._callback_error: BaseException | None = None
+        pool._iterators.add(self)
 
     def _refill(self) -> None:
         source = self._source
@@ -432,18 +480,39 @@ class _IterCall(_Call, Iterator[Any]):
             except SerializationError:
                 self._close_source()
                 raise
-            self._read += len(items)
-            self.sup.submit(records)
-        if exhausted:
+            with self._cond:  # against pool_closed(): _read and what was queued agree
+                if self._source is None:
+                    exhausted = True  # the pool was closed while this thread read
+                else:
+                    try:
+                        self.sup.submit(records)
+                    except PoolClosedError as exc:
+                        # What was read but not queued is not run; the results already
+                        # queued are still yielded, then this error.
+                        self._source_error = exc
+                        exhausted = True
+                    else:
+                        self._read += len(items)
+        if exhausted and self._source is not None:
             self._close_source()
 
     def _close_source(self) -> None:
         self._source = None
         self._end = self._read
-        if self._feeding:
-            self._feeding = False
-            self._finalizer.detach()
-            _stop_feed(self.pool, self.sup)
+
+    def pool_closed(self) -> None:
+        """The pool was closed: read no more input (see the module docstring)."""
+        source = self._source
+        if source is None:
+            return
+        with self._cond:
+            self._source = None
+            if self._end is None:
+                self._end = self._read
+                self._source_error = self._source_error or PoolClosedError(
+                    f"the pool was closed after {self._read} items of the input of "
+                    f"{self.fn_name} were read; the rest was not run")
+            self._cond.notify_all()
 
     def complete(self, rec: Record, values: Sequence[Any], errors: dict[int, BaseException],
                  skip: set[int] | frozenset[int]) -> None:
@@ -482,7 +551,42 @@ class _IterCall(_Call, Iterator[Any]):
     def callback_failed(self, exc: BaseException, which: str) -> None:
         err = CallbackError(f"the {which} raised {type(exc).__name__}: {exc}")
         err.__cause__ = exc
+        self._callback_error = err
         self.abort(err)
+
+    def _finish_progress(self) -> None:
+        """Close the bar, after every update posted before; raise what a progress
+        callable raised, even if it raised in the very last update."""
+        if self.progress is None:
+            return
+        done = threading.Event()
+        self._post(self.progress.close)
+        self._post(done.set)
+        done.wait()  # the callback thread runs posts inline once it is stopped
+        self.progress = None
+        if self._callback_error is not None:
+            err, self._callback_error = self._callback_error, None
+            raise err
+
+    def next(self, timeout: float | None = None) -> Any:
+        """The next result, as ``multiprocessing.Pool``'s iterators have it: raises
+        ``multiprocessing.TimeoutError`` when none arrives within ``timeout`` seconds."""
+        if timeout is None:
+            return self.__next__()
+        if self._buf_pos >= len(self._buf):
+            self._refill()
+            with self._cond:
+                ready = self._cond.wait_for(self._has_next, timeout)
+            if not ready:
+                raise multiprocessing.TimeoutError(f"no result within {timeout} s")
+        return self.__next__()
+
+    def _has_next(self) -> bool:
+        if self.ordered:
+            found = self._yielded in self._ready
+        else:
+            found = bool(self._ready_fifo)
+        return found or (self._end is not None and self._yielded >= self._end)
 
     def __next__(self) -> Any:
         if self._buf_pos < len(self._buf):  # the fast path: within a finished run
@@ -509,8 +613,11 @@ class _IterCall(_Call, Iterator[Any]):
                     if self._source_error is not None:
                         err, self._source_error = self._source_error, None
                         raise err
-                    if self.progress is not None:
-                        self._post(self.progress.close)
+                    self._cond.release()
+                    try:
+                        self._finish_progress()
+                    finally:
+                        self._cond.acquire()
                     raise StopIteration
                 if not self._cond.wait(0.5) and self.sup.stopped.is_set():
                     self.abort(PoolClosedError("the pool stopped while imap was waiting"))
@@ -528,19 +635,12 @@ class _IterCall(_Call, Iterator[Any]):
             self._cond.notify_all()
 
 
-def _stop_feed(pool: Pool, sup: Supervisor) -> None:
-    with pool._lock:
-        sup.open_feeds -= 1
-    sup.wake()
-
-
 def _chunks(n: int, workers: int, chunksize: int | None) -> Iterator[tuple[int, int]]:
     """Chunk boundaries. Given a size: fixed chunks. Otherwise guided self-scheduling:
     each chunk is remaining / (4 x workers), so chunks start large (little overhead)
     and shrink towards the end (no worker is left idle while another finishes a big one)."""
+    _check_chunksize(chunksize)
     if chunksize is not None:
-        if chunksize < 1:
-            raise ValueError(f"chunksize must be >= 1, got {chunksize}")
         for start in range(0, n, chunksize):
             yield start, min(start + chunksize, n)
         return
@@ -651,10 +751,9 @@ class Pool(futures.Executor):
             raise ValueError(f"max_worker_memory must be a positive number of bytes, got {max_worker_memory!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
-        if task_timeout is not None and task_timeout <= 0:
-            raise ValueError(f"task_timeout must be a positive number of seconds, got {task_timeout!r}")
-        if retries < 0:
-            raise ValueError(f"retries must be >= 0, got {retries}")
+        _check_timeout(task_timeout)
+        _check_retries(retries)
+        retry_types = _check_retry_on(retry_on)
         ctx = context or mp_context
         if ctx is None:
             ctx = multiprocessing.get_context(start_method)
@@ -665,23 +764,41 @@ class Pool(futures.Executor):
         self._submitted = itertools.count()
         self._task_timeout = task_timeout
         self._retries = retries
-        self._retry_on = tuple(retry_on)
+        self._retry_on = retry_types
         self._progress = progress
         self._lock = threading.Lock()
-        self._fns: OrderedDict[int, tuple[Callable[..., Any], _Spec]] = OrderedDict()
+        # Functions seen lately, by id(), with a weak reference that proves the id still
+        # means that function: the cache keeps no function (nor a bound method's object)
+        # alive. Callables that take no weak reference (builtins) are kept.
+        self._fns: OrderedDict[int, tuple[Callable[[], Any], _Spec]] = OrderedDict()
         self._fn_ids = itertools.count(1)
         self._state = "running"
-        init_bytes = None
+        self._pid = os.getpid()
+        self._iterators: weakref.WeakSet[_IterCall] = weakref.WeakSet()
+        init: tuple[bytes, Any, bool] | None = None
         if initializer is not None:
             try:
-                init_bytes = _serialize.dumps(
-                    (_serialize.dumps_function(initializer, self._main_by_value), tuple(initargs))
-                )
+                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value)
             except Exception:
-                raise _serialize.serialization_error("initializer", (initializer, tuple(initargs)),
-                                                     None) from None
+                raise _serialize.serialization_error("initializer", initializer, None) from None
+            args = tuple(initargs)
+            try:
+                init = (fn_bytes, _serialize.dumps(args), True)
+            except Exception:
+                # multiprocessing's Lock, Queue, Value, Event...: pickled by
+                # multiprocessing itself while it starts a worker (spawn, forkserver),
+                # which is the one moment they may be pickled; inherited under fork.
+                init = (fn_bytes, args, False)
         self._callbacks = CallbackThread()
-        self._sup = Supervisor(ctx, n, init_bytes, maxtasks, max_worker_memory)
+        try:
+            self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
+        except Exception as exc:
+            if init is not None and not init[2]:
+                err = _serialize.serialization_error(
+                    "initargs", tuple(initargs), None,
+                    f"multiprocessing could not pass them to a worker either: {exc}")
+                raise err from exc
+            raise
         self._sup.timeouts_used = task_timeout is not None
         self._finalizer = weakref.finalize(self, _finalize, self._sup, self._callbacks)
 
@@ -694,11 +811,11 @@ class Pool(futures.Executor):
         defaults = task_timeout is None and retries is None and retry_on is None
         with self._lock:
             entry = self._fns.get(id(fn))
-            if entry is not None and entry[0] is fn:
+            if entry is not None and entry[0]() is fn:
                 self._fns.move_to_end(id(fn))
                 if defaults:
                     return entry[1]
-        if entry is None or entry[0] is not fn:
+        if entry is None or entry[0]() is not fn:
             if not callable(fn):
                 raise TypeError(f"the function to run must be callable, got {short_repr(fn)}")
             try:
@@ -710,31 +827,42 @@ class Pool(futures.Executor):
             name = getattr(fn, "__qualname__", None) or type(fn).__name__
             base = _Spec(name, next(self._fn_ids), data, self._task_timeout, self._retries,
                          self._retry_on)
+            try:
+                ref: Callable[[], Any] = weakref.ref(fn)
+            except TypeError:
+                ref = _StrongRef(fn)
             with self._lock:
-                self._fns[id(fn)] = (fn, base)  # holding fn keeps its id() unique
+                self._fns[id(fn)] = (ref, base)
                 if len(self._fns) > _FN_CACHE:
                     self._fns.popitem(last=False)
         else:
             base = entry[1]
         if defaults:
             return base
+        _check_timeout(task_timeout)
         timeout = base.timeout if task_timeout is None else task_timeout
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"task_timeout must be a positive number of seconds, got {timeout!r}")
+        if retries is not None:
+            _check_retries(retries)
         tries = base.retries if retries is None else retries
-        if tries < 0:
-            raise ValueError(f"retries must be >= 0, got {tries}")
-        types = base.retry_on if retry_on is None else tuple(retry_on)
+        types = base.retry_on if retry_on is None else _check_retry_on(retry_on)
         spec = _Spec(base.fn_name, base.fn_id, base.fn_bytes, timeout, tries, types)
         if spec.timeout:
             self._sup.timeouts_used = True
         return spec
 
     def _check_open(self) -> None:
+        if self._pid != os.getpid():
+            raise WrongProcessError(self._pid, os.getpid())
         if self._state != "running":
             raise PoolClosedError(f"the pool is {self._state}; no new work can be submitted")
         if self._sup.broken is not None:
             raise self._sup.broken
+        if not self._sup.accepting:
+            raise PoolClosedError(self._sup.refusal)
+
+    def _foreign(self) -> bool:
+        """True in a process forked from the pool's owner: the pool is not ours there."""
+        return self._pid != os.getpid()
 
     def _run_list(self, call: _ListCall, timeout: float | None) -> list[Any]:
         self._sup.submit(call.records)
@@ -923,19 +1051,29 @@ class Pool(futures.Executor):
                          _worker.MAP, chunksize, ordered, progress)
 
     def close(self) -> None:
-        """Accept no more work; workers exit once the submitted work is done."""
+        """Accept no more work; workers exit once the submitted work is done.
+
+        Lazy ``imap`` iterators stop reading their input (see the module docstring)."""
+        if self._foreign():
+            return
         if self._state == "running":
             self._state = "closed"
         self._sup.close()
+        for it in list(self._iterators):
+            it.pool_closed()
 
     def terminate(self) -> None:
         """Stop now: drop queued work, kill the workers, fail what was running."""
+        if self._foreign():
+            return
         self._state = "terminated"
         self._sup.terminate()
         self.join()
 
     def join(self) -> None:
         """Wait for the workers to exit; only after ``close()`` or ``terminate()``."""
+        if self._foreign():
+            return
         if self._state == "running":
             raise ValueError("join() needs close() or terminate() first (the pool is running)")
         self._sup.join()
@@ -952,10 +1090,39 @@ class Pool(futures.Executor):
 
     @property
     def workers(self) -> int:
+        """The number of worker processes."""
+        return self._workers
+
+    # Read-only aliases of ``workers`` under the names other libraries read from the
+    # pools they are given: dask's process scheduler reads ``_max_workers``
+    # (ProcessPoolExecutor's), dynesty's samplers read ``_processes``
+    # (multiprocessing.Pool's) or ``size``.
+    @property
+    def _max_workers(self) -> int:
+        return self._workers
+
+    @property
+    def _processes(self) -> int:
+        return self._workers
+
+    @property
+    def size(self) -> int:
         return self._workers
 
     def __enter__(self) -> Pool:
+        if self._state != "running" and not self._foreign():
+            raise PoolClosedError(f"the pool is {self._state}; a closed pool cannot be "
+                                  "used in a with block again")
         return self
+
+    def __del__(self) -> None:
+        # As multiprocessing.Pool does: a running pool that is garbage-collected is a
+        # program that forgot close(); its finalizer still cleans up.
+        if getattr(self, "_state", None) == "running" and getattr(self, "_pid", 0) == os.getpid():
+            sup = getattr(self, "_sup", None)
+            if sup is not None and sup.accepting:
+                warnings.warn(f"unclosed running pool {self!r}", ResourceWarning, source=self,
+                              stacklevel=2)
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is None:
@@ -970,10 +1137,32 @@ class Pool(futures.Executor):
         raise TypeError("a Pool cannot be pickled or sent to a worker")
 
 
+class _StrongRef:
+    """Stands for a weak reference to a callable that takes none (a builtin)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self) -> Callable[..., Any]:
+        return self.fn
+
+
 def _finalize(sup: Supervisor, callbacks: CallbackThread) -> None:
-    sup.terminate()
-    sup.join()
-    callbacks.stop()
+    """A pool garbage-collected (or still open at interpreter exit) without close().
+
+    Nothing of its work can still be queued (queued work keeps the pool alive), so a
+    close is enough: the supervisor stops its workers and then the callback thread."""
+    if sup.owner_pid != os.getpid():
+        return  # inherited by a forked child: not its pool
+    if sup.stopped.is_set():
+        callbacks.stop()
+        return
+    sup.after_stop = callbacks.stop
+    sup.close()
+    if sup.stopped.is_set():  # stopped between the look and the hand-over
+        callbacks.stop()
 
 
 def _wait_future(fut: futures.Future[Any], timeout: float | None) -> bool:

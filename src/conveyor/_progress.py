@@ -25,14 +25,20 @@ class CallbackThread:
         )
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._stopped = False
 
     def post(self, fn: Callable[..., Any], *args: Any) -> None:
-        if self._thread is None:
-            with self._lock:
+        # Under the lock, so a post racing with stop() either lands before the stop
+        # marker (and runs on the thread) or runs inline: it is never dropped.
+        with self._lock:
+            if not self._stopped:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                    self._thread = threading.Thread(target=self._run, name=self._name,
+                                                    daemon=True)
                     self._thread.start()
-        self._queue.put((fn, args))
+                self._queue.put((fn, args))
+                return
+        fn(*args)  # after the pool's end: nothing left to overtake
 
     def _run(self) -> None:
         while True:
@@ -43,11 +49,14 @@ class CallbackThread:
             fn(*args)  # posted callables catch their own errors (see _pool)
 
     def stop(self) -> None:
-        thread = self._thread
+        """Run what was posted, then end the thread; later posts run in the caller."""
+        with self._lock:
+            self._stopped = True
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(None)
         if thread is not None and thread is not threading.current_thread():
-            self._queue.put(None)
             thread.join()
-            self._thread = None
 
 
 class Progress:

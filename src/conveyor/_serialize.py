@@ -108,3 +108,22 @@ def serialization_error(
     if hint:
         message += f"; {hint}"
     return SerializationError(message, what=what, task_index=task_index)
+
+
+def pickled_type_name(data: bytes) -> str:
+    """The first class or function a pickle refers to ("module.Name"), for an error about
+    a pickle that cannot be loaded; read with ``pickletools``, nothing is executed."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST") and isinstance(arg, str):
+                return arg.replace(" ", ".")
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return f"{strings[-2]}.{strings[-1]}"
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:
+        pass
+    return "type unknown"

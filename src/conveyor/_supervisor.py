@@ -31,6 +31,24 @@ the task that was running (``WorkerLostError``, or ``TaskTimeoutError`` if the
 supervisor killed it for overrunning), sends the records it had not started back to
 the front of the queue, re-runs the finished-but-unreported items of a chunk, and starts
 a replacement. No lock is shared between workers, so a dead worker cannot leave one held.
+Retries are counted per task: only the task that was running when its worker died (or
+whose exception is in ``retry_on``) uses one of its attempts.
+
+No task waits behind another while a worker is idle. A worker is given a few records
+ahead (so tiny tasks do not wait for a round trip each), but when a worker has nothing
+to do, nothing is queued, and another worker holds records queued behind one that has
+run for over a millisecond, the supervisor takes those records back (the *take-back*):
+it writes their id range into the busy worker's slot, and one poll round later (>= 1 ms,
+by when each side's stores are visible to the other: context switches and cache
+coherence drain store buffers within microseconds) reads the worker's claim. If the
+worker is still on the record it was running, none of the range can have been claimed
+before the range was visible, so the records go back to the queue at once; otherwise
+the worker reports each record of the range it skipped (``REVOKED``) and the rest ran.
+
+Work is never lost at interpreter exit: as ``concurrent.futures`` does, a hook run
+before Python joins its threads closes every pool of this process and waits for the
+work already submitted (``Pool.terminate()`` or ``shutdown(cancel_futures=True)`` is
+the way to drop it); a submit after that point raises ``PoolClosedError``.
 """
 
 from __future__ import annotations
@@ -43,6 +61,7 @@ import signal
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict, deque
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
@@ -50,7 +69,9 @@ from typing import TYPE_CHECKING, Any
 from conveyor import _frames, _serialize, _worker
 from conveyor.errors import (
     ConveyorError,
+    PoolClosedError,
     RemoteTraceback,
+    SerializationError,
     TaskTimeoutError,
     WorkerLostError,
     WorkerStartError,
@@ -66,6 +87,41 @@ _MAX_PENDING_BYTES = 8 << 20
 _TERM_GRACE = 0.5
 _NO_ERRORS: dict[int, BaseException] = {}
 _NO_SKIP: frozenset[int] = frozenset()
+_TAKE_BACK_AFTER_NS = 1_000_000  # a record running this long may have its queue taken back
+_CONFIRM_NS = 1_000_000  # from writing a take-back range to reading the worker's claim
+_START_FAILURES = 3  # workers in a row that exit before they are ready: the pool is broken
+
+# The supervisors of this process, so that interpreter exit can finish their work (the
+# ``concurrent.futures`` rule). Weak: a pool that is gone needs nothing at exit.
+_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_exit_hook_lock = threading.Lock()
+_exit_hook_registered = False
+_interpreter_exiting = False
+
+
+def _register_exit_hook() -> None:
+    global _exit_hook_registered
+    with _exit_hook_lock:
+        if _exit_hook_registered:
+            return
+        try:
+            # Runs before the interpreter joins non-daemon threads and before atexit
+            # handlers, which is where concurrent.futures joins its pools too.
+            threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
+        except RuntimeError:  # already shutting down: submit() refuses work then
+            return
+        _exit_hook_registered = True
+
+
+def _finish_at_exit() -> None:
+    global _interpreter_exiting
+    _interpreter_exiting = True
+    mine = [sup for sup in list(_live) if sup.owner_pid == os.getpid()]
+    for sup in mine:
+        sup.stop_intake("the interpreter is shutting down")
+        sup.close()
+    for sup in mine:
+        sup.join()
 
 
 class Record:
@@ -81,7 +137,7 @@ class Record:
         self.items = items  # the unpickled items (or (args, kwargs)), to split or describe
         self.mode = mode
         self.data = data
-        self.attempts = 0
+        self.attempts = 0  # failures charged to this record (its retries used)
         self.elapsed_ns = 0  # run time in the worker, once it ran
         self.worker = -1  # index of the worker slot that ran it
 
@@ -111,6 +167,7 @@ class _Worker:
         "ready",
         "retiring",
         "sentinel",
+        "taking_back",
         "writer",
     )
 
@@ -126,6 +183,9 @@ class _Worker:
         self.ready = False
         self.retiring = False
         self.kill_reason: tuple[str, Any] | None = None
+        # A take-back in progress: (when the range was written, the record the worker
+        # was running then, the record ids asked back).
+        self.taking_back: tuple[int, int, list[int]] | None = None
 
     @property
     def pid(self) -> int:
@@ -139,18 +199,26 @@ class Supervisor:
         self,
         ctx: BaseContext,
         workers: int,
-        init_bytes: bytes | None,
+        init: tuple[bytes, Any, bool] | None,
         maxtasks: int | None,
         max_memory: int | None,
     ) -> None:
         self._ctx = ctx
         self._nworkers = workers
-        self._init_bytes = init_bytes
+        self._init = init
         self._maxtasks = maxtasks
         self._max_memory = max_memory
         from conveyor._shm import _start_time
 
         self._owner = (os.getpid(), _start_time(os.getpid()))
+        self.owner_pid = os.getpid()
+        # Callers append to ``pending`` under this lock, and close() flips ``accepting``
+        # under it: a submit racing with close() either lands before the close command
+        # (and runs) or raises PoolClosedError, never in between.
+        self.intake = threading.Lock()
+        self.accepting = True
+        self.refusal = "the pool is closed"
+        self._has_initializer = init is not None
         self._status = _worker.status_block(workers)
         self._slots = _worker.status_view(self._status)
         for i in range(0, workers * _worker.SLOT_SIZE, _worker.SLOT_SIZE):
@@ -175,20 +243,35 @@ class Supervisor:
         self._start_failures = 0
         self.tasks_done = 0
         self.timeouts_used = False
-        self.open_feeds = 0  # lazy imap inputs that may still submit after close()
         self.workers_replaced = 0
-        for i in range(workers):
-            self._start_worker(i)
+        self.after_stop: Any = None  # called once the thread has stopped (GC'd pools)
+        try:
+            for i in range(workers):
+                self._start_worker(i)
+        except BaseException:
+            # A constructor that fails part-way (too many open files, ...) leaves
+            # nothing behind: the workers already started are stopped.
+            self._terminating = True
+            self._shutdown_workers()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            raise
         self._thread = threading.Thread(target=self._run, name="conveyor-pool-supervisor",
                                         daemon=True)
         self._thread.start()
+        _live.add(self)
+        _register_exit_hook()
 
     # ------------------------------------------------------------ called from any thread
 
     def submit(self, records: list[Record]) -> None:
-        pending = self.pending
-        for rec in records:
-            pending.append(rec)
+        """Queue records; raises PoolClosedError once the pool takes no more work."""
+        with self.intake:
+            if not self.accepting or _interpreter_exiting:
+                raise PoolClosedError(self.refusal if not self.accepting else
+                                      "the interpreter is shutting down; no new work "
+                                      "can be submitted")
+            self.pending.extend(records)
         # Waking the supervisor costs a GIL hand-off between threads; when every worker
         # already has work, the results they send will wake it anyway.
         if self.needs_work:
@@ -207,10 +290,19 @@ class Supervisor:
         self._woken = False
         self.wake()
 
+    def stop_intake(self, reason: str) -> None:
+        """Refuse every later submit() with ``reason``; what was queued still runs."""
+        with self.intake:
+            if self.accepting:
+                self.accepting = False
+                self.refusal = reason
+
     def close(self) -> None:
+        self.stop_intake("the pool is closed; no new work can be submitted")
         self.command("close")
 
     def terminate(self) -> None:
+        self.stop_intake("the pool was terminated; no new work can be submitted")
         self.command("terminate")
 
     def join(self, timeout: float | None = None) -> bool:
@@ -234,19 +326,29 @@ class Supervisor:
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=_worker.worker_main,
             args=(
-                child_task, child_result, self._status, index, self._init_bytes,
+                child_task, child_result, self._status, index, self._init,
                 self._maxtasks, self._max_memory, self._die_with_parent(), self._owner,
             ),
             name=f"conveyor-worker-{index}",
-            daemon=True,
+            # Not daemonic, so a task may start processes of its own (a nested pool,
+            # multiprocessing.Process). Workers still never outlive the pool: they
+            # watch it (see _worker), and the pool joins them at interpreter exit.
+            daemon=False,
         )
-        with warnings.catch_warnings():
-            # CPython 3.12+ warns when forking a multi-threaded process (gh-100228); the
-            # child runs only the worker loop, which takes none of the parent's locks.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            process.start()
-        child_task.close()
-        child_result.close()
+        try:
+            with warnings.catch_warnings():
+                # CPython 3.12+ warns when forking a multi-threaded process (gh-100228);
+                # the child runs only the worker loop, which takes none of the parent's
+                # locks.
+                warnings.simplefilter("ignore", DeprecationWarning)
+                process.start()
+        except BaseException:
+            for fd in (task_w, result_r):
+                os.close(fd)
+            raise
+        finally:
+            child_task.close()
+            child_result.close()
         w = _Worker(index, process, _frames.FrameWriter(task_w), _frames.FrameReader(result_r))
         self._workers[index] = w
         self._fd_owner[result_r] = ("result", w)
@@ -296,10 +398,19 @@ class Supervisor:
             self.broken = exc
             self._abort_all(exc)
         finally:
-            self._shutdown_workers()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self.stopped.set()
+            self.stop_intake(self.refusal if self.broken is None else
+                             f"the pool is broken: {self.broken}")
+            try:
+                self._shutdown_workers()
+            finally:
+                # What was queued after the last look (a race with a failure) is
+                # failed, not left pending.
+                self._abort_all(self.broken or PoolClosedError("the pool stopped"))
+                os.close(self._wake_r)
+                os.close(self._wake_w)
+                self.stopped.set()
+                if self.after_stop is not None:
+                    self.after_stop()
 
     def _loop(self) -> None:
         while True:
@@ -319,8 +430,9 @@ class Supervisor:
             self.needs_work = True
             self._dispatch()
             self.needs_work = self._has_room()
-            if self._closing and not self.pending and not self._busy() and not self.open_feeds:
+            if self._closing and not self.pending and not self._busy():
                 return
+            self._take_back()
             timeout_ms = self._poll_timeout_ms()
             for fd, _event in self._poll.poll(timeout_ms):
                 owner = self._fd_owner.get(fd)
@@ -340,7 +452,10 @@ class Supervisor:
 
     def _poll_timeout_ms(self) -> int | None:
         # Timeouts are checked by reading the workers' status slots, so once any call
-        # has used one, the loop wakes every 20 ms; otherwise it sleeps until an event.
+        # has used one, the loop wakes every 20 ms; a take-back waits one millisecond
+        # for its confirmation; otherwise it sleeps until an event.
+        if any(w is not None and w.taking_back is not None for w in self._workers):
+            return 1
         return 20 if self.timeouts_used else None
 
     # -------------------------------------------------------------------------- commands
@@ -425,7 +540,6 @@ class Supervisor:
                     continue  # cancelled before it ran
                 self._next_rid += 1
                 rec.rid = self._next_rid
-                rec.attempts += 1
                 fn_id = call.fn_id
                 if fn_id in known:
                     known.move_to_end(fn_id)
@@ -438,7 +552,8 @@ class Supervisor:
                 # The arguments travel beside the pickled list, not inside it: a large
                 # argument is then not copied once more into the list's pickle, nor
                 # out of it in the worker.
-                batch.append((rec.rid, fn_id, fn_bytes, rec.mode, len(rec.data)))
+                mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
+                batch.append((rec.rid, fn_id, fn_bytes, mode, len(rec.data)))
                 datas.append(rec.data)
                 w.outstanding[rec.rid] = rec
                 size += len(rec.data)
@@ -461,13 +576,56 @@ class Supervisor:
         except (KeyError, ValueError):
             pass
 
+    # ------------------------------------------------------------------------- take-back
+
+    def _take_back(self) -> None:
+        """Ask a busy worker for its queued records when another worker has nothing to do
+        (see the module docstring), and confirm the asks made a poll round ago."""
+        now = time.monotonic_ns()
+        slots = self._slots
+        for w in self._workers:
+            if w is None or w.taking_back is None:
+                continue
+            asked_at, running, rids = w.taking_back
+            if now - asked_at < _CONFIRM_NS:
+                continue
+            w.taking_back = None
+            if slots[w.index * _worker.SLOT_SIZE + _worker.SLOT_RECORD] != running:
+                continue  # it moved on: it reports each record it skips as REVOKED
+            back = [rec for rec in (w.outstanding.pop(rid, None) for rid in rids)
+                    if rec is not None]
+            self.pending.extendleft(reversed(back))
+        if self.pending or not any(not w.outstanding for w in self._usable()):
+            if self.pending:
+                self._dispatch()
+            return
+        for w in self._workers:
+            if (w is None or len(w.outstanding) < 2 or w.taking_back is not None
+                    or w.kill_reason is not None):
+                continue
+            base = w.index * _worker.SLOT_SIZE
+            running = slots[base + _worker.SLOT_RECORD]
+            if running not in w.outstanding:
+                continue  # between records: it takes the next one in a moment
+            if now - slots[base + _worker.SLOT_STARTED_NS] < _TAKE_BACK_AFTER_NS:
+                continue
+            rids = [rid for rid in w.outstanding if rid > running]
+            if not rids:
+                continue
+            # The worker reads LO, then HI: write HI first. An earlier range's low end
+            # stays, since records of it may still be waiting in the pipe to be skipped.
+            slots[base + _worker.SLOT_REVOKE_HI] = rids[-1]
+            if not slots[base + _worker.SLOT_REVOKE_LO]:
+                slots[base + _worker.SLOT_REVOKE_LO] = rids[0]
+            w.taking_back = (now, running, rids)
+
     # --------------------------------------------------------------------------- results
 
     def _read_results(self, w: _Worker) -> None:
         frames, _eof = w.reader.read()
         for kind, payload in frames:
             if kind == _worker.RESULTS:
-                self._handle_results(w, pickle.loads(payload))
+                self._handle_results(w, payload)
             elif kind == _worker.READY:
                 w.ready = True
                 self._start_failures = 0
@@ -475,14 +633,29 @@ class Supervisor:
             elif kind == _worker.RETIRE:
                 w.retiring = True
             elif kind == _worker.INIT_FAILED:
-                exc_data, tb = pickle.loads(payload)
-                self._init_failed(_decode_exception(exc_data, tb))
+                try:
+                    exc = _decode_exception(*pickle.loads(payload))
+                except BaseException as err:
+                    exc = WorkerStartError(f"the pool's initializer failed, and its error "
+                                           f"could not be unpickled: {err!r}")
+                self._init_failed(exc)
 
-    def _handle_results(self, w: _Worker, results: list[tuple[int, int, Any, int]]) -> None:
+    def _handle_results(self, w: _Worker, payload: bytearray) -> None:
+        view = memoryview(payload)
+        (head_len,) = _worker.HEAD_LEN.unpack_from(view, 0)
+        offset = _worker.HEAD_LEN.size + head_len
+        heads = pickle.loads(view[_worker.HEAD_LEN.size:offset])
         calls: dict[Any, None] = {}
-        for rid, status, value, elapsed in results:
+        revoked: list[Record] = []
+        loads = pickle.loads
+        for rid, status, size, elapsed in heads:
+            blob = view[offset:offset + size]
+            offset += size
             rec = w.outstanding.pop(rid, None)
             if rec is None:
+                continue  # taken back already, or failed at a death
+            if status == _worker.REVOKED:
+                revoked.append(rec)
                 continue
             n = rec.size
             rec.elapsed_ns = elapsed
@@ -491,9 +664,14 @@ class Supervisor:
             avg = self._avg_ns.get(fn_id)
             self._avg_ns[fn_id] = elapsed if avg is None else avg + (elapsed - avg) * 0.2
             self.tasks_done += n
-            if isinstance(value, _worker._CloudPickled):
-                value = pickle.loads(value.data)
             call = rec.call
+            try:
+                value = loads(blob)
+            except BaseException as load_error:  # task data must never stop the supervisor
+                err = _unpickle_error(rec, bytes(blob), load_error, status)
+                call.complete(rec, [None] * n, dict.fromkeys(range(n), err), _NO_SKIP)
+                calls[call] = None
+                continue
             if status == _worker.OK:  # the hot path: no allocations beyond the tuple
                 call.complete(rec, (value,) if rec.mode == _worker.CALL else value, _NO_ERRORS,
                               _NO_SKIP)
@@ -502,9 +680,9 @@ class Supervisor:
                 continue
             errors: dict[int, BaseException]
             if status == _worker.FAILED:
-                exc = _decode_exception(*value)
+                failure = _decode_exception(*value)
                 values = [None] * n
-                errors = dict.fromkeys(range(n), exc)
+                errors = dict.fromkeys(range(n), failure)
             else:
                 values, raw = value
                 errors = {k: _decode_exception(*v) for k, v in raw.items()}
@@ -513,20 +691,26 @@ class Supervisor:
                 skip = self._retry_on_exception(rec, errors)
                 if skip and rec.mode == _worker.CALL:
                     continue
-            rec.call.complete(rec, values, errors, skip)
-            calls[rec.call] = None
+            call.complete(rec, values, errors, skip)
+            calls[call] = None
+        view.release()
+        if revoked:
+            self.pending.extendleft(reversed(revoked))
         for call in calls:
             call.flush()
 
     def _retry_on_exception(self, rec: Record, errors: dict[int, BaseException]) -> set[int]:
-        """Queue again the failed items whose exception the call retries; return them."""
+        """Queue again the failed items whose exception the call retries; return them.
+        Each retried item uses one of its own attempts, not its chunk's."""
         retry_on = rec.call.retry_on
-        if not retry_on or rec.attempts > rec.call.retries:
+        if not retry_on or rec.attempts >= rec.call.retries:
             return set()
         retried = set()
         for k, exc in errors.items():
             if isinstance(exc, retry_on):
-                self.pending.appendleft(rec if rec.mode == _worker.CALL else rec.split(k, k + 1))
+                again = rec if rec.mode == _worker.CALL else rec.split(k, k + 1)
+                again.attempts = rec.attempts + 1
+                self.pending.appendleft(again)
                 retried.add(k)
         return retried
 
@@ -544,51 +728,78 @@ class Supervisor:
         running_rid = self._slots[slot + _worker.SLOT_RECORD]
         item = self._slots[slot + _worker.SLOT_ITEM]
         peak_kb = self._slots[slot + _worker.SLOT_PEAK_RSS_KB]
+        sending = self._slots[slot + _worker.SLOT_PHASE] == _worker.PHASE_SEND
         for i in range(_worker.SLOT_SIZE):
             self._slots[slot + i] = 0
         self._slots[slot + _worker.SLOT_RECORD] = -1
-        graceful = w.retiring or (self._closing and exitcode == 0)
+        # Only a worker that said it retires leaves on purpose while the loop runs (STOP
+        # is sent after it): any other exit, even with code 0, is a death.
+        graceful = w.retiring
         requeue: list[Record] = []
+        failed: list[tuple[Record, BaseException]] = []
         for rid, rec in w.outstanding.items():
             if rid != running_rid or graceful:
                 requeue.append(rec)
+                continue
+            if sending and rec.size > 1:
+                # It died pickling a chunk's results: run its items again one record
+                # each, so the item whose result kills a worker is found and fails alone.
+                requeue.extend(rec.split(k, k + 1) for k in range(rec.size))
                 continue
             if rec.mode != _worker.CALL:
                 if item > 0:
                     requeue.append(rec.split(0, item))  # ran, but the results died with it
                 if item + 1 < rec.size:
                     requeue.append(rec.split(item + 1, rec.size))
-            self._fail_running(w, rec, item, exitcode, peak_kb, requeue)
+            self._fail_running(w, rec, item, exitcode, peak_kb, sending, requeue, failed)
         w.outstanding.clear()
+        w.taking_back = None
         self.pending.extendleft(reversed(requeue))
         was_ready = w.ready
         self._forget_worker(w)
+        try:
+            self._replace(w, was_ready, graceful, exitcode)
+        finally:
+            # Reported after the replacement has started, so a caller that sees the
+            # failure also sees the pool as it now is (statistics, worker pids).
+            for single, exc in failed:
+                single.call.complete(single, [None], {0: exc}, set())
+                single.call.flush()
+
+    def _replace(self, w: _Worker, was_ready: bool, graceful: bool, exitcode: int | None
+                 ) -> None:
         if self._terminating or (self._closing and not self.pending and not self._busy()):
             return
         if not was_ready and not graceful:
             self._start_failures += 1
-            if self._start_failures >= 3:
+            if self._start_failures >= _START_FAILURES:
+                where = ("while running the pool's initializer" if self._has_initializer
+                         else "while starting")
+                how = (f"was killed by {signal.Signals(-exitcode).name}"
+                       if exitcode is not None and exitcode < 0 else f"exited with code {exitcode}")
                 self._init_failed(WorkerStartError(
-                    f"3 workers in a row exited (last exit code {exitcode}) before they were ready"))
+                    f"{_START_FAILURES} workers in a row exited before they were ready "
+                    f"({where}); the last one {how}"))
                 return
         self.workers_replaced += 1
         self._start_worker(w.index)
 
     def _fail_running(self, w: _Worker, rec: Record, item: int, exitcode: int | None,
-                      peak_kb: int, requeue: list[Record]) -> None:
+                      peak_kb: int, sending: bool, requeue: list[Record],
+                      failed: list[tuple[Record, BaseException]]) -> None:
         call = rec.call
         index = call.task_index(rec.base + (0 if rec.mode == _worker.CALL else item))
         single = rec if rec.mode == _worker.CALL else rec.split(item, item + 1)
         reason, _ = w.kill_reason or ("lost", None)
         if reason == "cancelled":
-            call.complete(single, [None], {0: CancelledError("cancelled while running")}, set())
-            call.flush()
+            failed.append((single, CancelledError("cancelled while running")))
             return
         if reason == "timeout":
             exc: BaseException = TaskTimeoutError(
                 index, call.label(single.item(0)), call.timeout, w.pid)
         else:
-            if rec.attempts <= call.retries:
+            if single.attempts < call.retries:
+                single.attempts += 1  # only the running task uses an attempt
                 requeue.append(single)
                 return
             guess = None
@@ -596,9 +807,9 @@ class Supervisor:
                 guess = ("killed by SIGKILL from outside the pool; the kernel's out-of-memory "
                          "killer is the usual sender")
             exc = WorkerLostError(index, call.label(single.item(0)), w.pid, exitcode,
-                                  peak_kb * 1024 if peak_kb > 0 else None, guess)
-        call.complete(single, [None], {0: exc}, set())
-        call.flush()
+                                  peak_kb * 1024 if peak_kb > 0 else None, guess,
+                                  "sending its result" if sending else None)
+        failed.append((single, exc))
 
     def _check_timeouts(self) -> None:
         now = time.monotonic_ns()
@@ -654,8 +865,22 @@ def _abort_calls(records: list[Record], exc: BaseException) -> None:
 def _decode_exception(data: bytes, tb: str) -> BaseException:
     try:
         exc: BaseException = pickle.loads(data)
-    except Exception as err:
+    except BaseException as err:  # even a SystemExit from __setstate__: data, not a command
         exc = ConveyorError(f"an exception from the worker could not be unpickled: {err!r}")
     exc.__cause__ = RemoteTraceback(tb)
     return exc
+
+
+def _unpickle_error(rec: Record, blob: bytes, exc: BaseException, status: int
+                    ) -> SerializationError:
+    what = "result" if status == _worker.OK else "exception"
+    call = rec.call
+    index = call.task_index(rec.base)
+    label = call.label(rec.item(0)) if rec.size == 1 else f"{call.fn_name} (chunk)"
+    err = SerializationError(
+        f"the {what} of task {index} {label} could not be unpickled in the parent "
+        f"({_serialize.pickled_type_name(blob)}): {type(exc).__name__}: {exc}",
+        what=what, task_index=index)
+    err.__cause__ = exc if isinstance(exc, Exception) else None
+    return err
 

@@ -2,9 +2,22 @@
 
 A worker reads frames of tasks from its own pipe, runs them in order and writes results
 back in batches. Before each task it records, in its slot of the pool's shared status
-array, which record and which item it is running and since when; that is how the
-supervisor knows exactly which task a worker was running when it died, and which task
-overran its timeout, without a message per task.
+array, which record and which item it is running, since when, and whether it is still
+running the function or already pickling its result; that is how the supervisor knows
+exactly which task a worker was running when it died, and which task overran its
+timeout, without a message per task.
+
+Each record's result is pickled on its own, right after the record ran, while the slot
+still names the record: a result whose pickling kills the worker (a segfault, an
+``os._exit`` in a ``__reduce__``) is then charged to its own task, and a result the
+parent cannot unpickle fails only its own task.
+
+Take-back: the supervisor may ask for queued records back (so that an idle worker can run
+them instead of letting them wait behind a long task) by writing a range of record ids
+into the slot. The worker claims each record by writing its id into the slot *before*
+reading that range, and skips a record inside it, reporting it ``REVOKED``. The
+supervisor writes the range first and reads the claim later (see ``_supervisor``), so
+between them every record is either run here or skipped here, never both or neither.
 
 The worker never handles SIGINT (Ctrl-C is the parent's to handle; workers print
 nothing) and exits by itself when its parent dies, checked by a watch thread every
@@ -41,24 +54,36 @@ RETIRE = 13
 
 # A TASKS frame: u64 length of the pickled task list, the list, then each task's
 # pickled arguments back to back (the list gives their lengths).
+# A RESULTS frame has the same shape: u64 length of the pickled list of
+# (record id, status, result length, run time ns), the list, then each record's pickled
+# result back to back. Results are pickled one record at a time (see the docstring).
 HEAD_LEN = struct.Struct("<Q")
 
 # Task modes.
 CALL = 0  # payload: (args, kwargs)  -> one result
 MAP = 1  # payload: items            -> [fn(x) for x in items]
 STARMAP = 2  # payload: items of tuples -> [fn(*x) for x in items]
+MODE_MASK = 3
+TIMED = 4  # flag: the call has a task_timeout, so each item's start time is recorded
 
 # Result statuses.
 OK = 0
 FAILED = 1  # value: (exception pickle, traceback text)
 PARTIAL = 2  # value: (results with None holes, {item index: (exception pickle, tb)})
+REVOKED = 3  # no value: the supervisor took the record back before it started
 
 # Slot fields in the pool's shared status array, per worker.
-SLOT_RECORD = 0
-SLOT_ITEM = 1
-SLOT_STARTED_NS = 2
+SLOT_RECORD = 0  # id of the record being run (or its result pickled); -1 between records
+SLOT_ITEM = 1  # index of the item being run within that record
+SLOT_STARTED_NS = 2  # monotonic start of that item (of the record, for untimed calls)
 SLOT_PEAK_RSS_KB = 3
-SLOT_SIZE = 4
+SLOT_PHASE = 4  # PHASE_RUN or PHASE_SEND
+SLOT_REVOKE_LO = 5  # records with LO <= id <= HI are skipped (0: none)
+SLOT_REVOKE_HI = 6
+SLOT_SIZE = 7
+
+PHASE_RUN = 0
+PHASE_SEND = 1  # the function returned; its result is being pickled
 
 FN_CACHE_SIZE = 128
 _FLUSH_NS = 2_000_000  # send results at least every 2 ms while busy
@@ -86,6 +111,22 @@ def status_view(block: Any) -> memoryview:
 _NOT_IN_WORKER = object()
 _state: Any = _NOT_IN_WORKER
 _index: int = -1
+# Set in a child forked by a task: if that child returns into the task loop, it is not
+# the worker the pool started, and must leave before it runs or reports anything.
+_forked_child = False
+
+
+def _mark_forked_child() -> None:
+    global _forked_child
+    _forked_child = True
+
+
+def _leave_forked_child() -> None:
+    sys.stderr.write(
+        f"conveyor: a task called os.fork() and the child (pid {os.getpid()}) returned into "
+        "the pool's worker loop; the child exits now. End a forked child with os._exit().\n")
+    sys.stderr.flush()
+    os._exit(1)
 _thread_state = threading.local()  # for thread stages of a pipeline
 
 
@@ -133,7 +174,7 @@ def _encode_exception(exc: BaseException) -> tuple[bytes, str]:
         # class in the parent (its class tracker maps it back), so except clauses match.
         data = _serialize.dumps(exc)
         pickle.loads(data)  # an exception with a custom __init__ may not round-trip
-    except Exception:
+    except BaseException:  # even a SystemExit from a __reduce__: it is the task's failure
         from conveyor.errors import RemoteError
 
         data = pickle.dumps(RemoteError(type(exc).__qualname__, str(exc)), _serialize.PROTOCOL)
@@ -214,14 +255,15 @@ def worker_main(
     result_conn: Any,
     slots: Any,
     index: int,
-    init_bytes: bytes | None,
+    init: tuple[bytes, Any, bool] | None,
     maxtasks: int | None,
     max_memory: int | None,
     die_with_parent: bool = False,
     owner: tuple[int, str | None] | None = None,
 ) -> None:
     """Entry point of a worker process (the ``target`` of its ``Process``)."""
-    global _state, _index
+    global _state, _index, _forked_child
+    _forked_child = False  # a worker of a pool nested in a task is forked from a worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     task_fd = os.dup(task_conn.fileno())
     result_fd = os.dup(result_conn.fileno())
@@ -238,12 +280,14 @@ def worker_main(
     ).start()
     _index = index
     slots = status_view(slots)
+    os.register_at_fork(after_in_child=_mark_forked_child)
 
     try:
         state = None
-        if init_bytes is not None:
-            init_fn, initargs = pickle.loads(init_bytes)
-            state = pickle.loads(init_fn)(*initargs)
+        if init is not None:
+            fn_bytes, args, args_pickled = init
+            initargs = pickle.loads(args) if args_pickled else args
+            state = pickle.loads(fn_bytes)(*initargs)
     except BaseException as exc:
         _frames.write_frame(result_fd, INIT_FAILED, pickle.dumps(_encode_exception(exc)))
         os._exit(0)
@@ -253,9 +297,9 @@ def worker_main(
         _task_loop(task_fd, result_fd, slots, index, maxtasks, max_memory)
     except (EOFError, BrokenPipeError):
         pass  # the supervisor closed our pipes: the pool is gone
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # skip atexit handlers and finalizers inherited from the parent by fork
+    # Return, not os._exit(): multiprocessing then runs this process's own finalizers
+    # (a multiprocessing.Queue that a task put to flushes its buffer) and exits. It
+    # cleared the finalizers inherited from the parent when the process started.
 
 
 def _task_loop(
@@ -269,7 +313,8 @@ def _task_loop(
     base = index * SLOT_SIZE
     ppid = os.getppid()
     fns = _FunctionCache()
-    out: list[tuple[int, int, Any, int]] = []
+    heads: list[tuple[int, int, int, int]] = []
+    blobs: list[bytes] = []
     first_unsent = 0
     done = 0
     page = os.sysconf("SC_PAGE_SIZE")
@@ -279,16 +324,18 @@ def _task_loop(
     def flush() -> None:
         nonlocal first_unsent
         slots[base + SLOT_PEAK_RSS_KB] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        _frames.write_frame(result_fd, RESULTS, _dump_results(out))
-        out.clear()
+        head = pickle.dumps(heads, _serialize.PROTOCOL)
+        _frames.write_frame(result_fd, RESULTS, [HEAD_LEN.pack(len(head)), head, *blobs])
+        heads.clear()
+        blobs.clear()
         first_unsent = 0
 
     while True:
-        if out and not poller.poll(0):
+        if heads and not poller.poll(0):
             flush()  # nothing more queued: don't sit on finished results
         kind, payload = _frames.read_frame(task_fd)
         if kind == STOP:
-            if out:
+            if heads:
                 flush()
             return
         if os.getppid() != ppid:
@@ -302,12 +349,25 @@ def _task_loop(
             fn = fns.get(fn_id, fn_bytes)
             slots[base + SLOT_ITEM] = 0
             slots[base + SLOT_STARTED_NS] = time.monotonic_ns()
-            slots[base + SLOT_RECORD] = rec_id
+            slots[base + SLOT_RECORD] = rec_id  # the claim: written before the range is read
+            revoke_lo = slots[base + SLOT_REVOKE_LO]
+            if revoke_lo and revoke_lo <= rec_id <= slots[base + SLOT_REVOKE_HI]:
+                slots[base + SLOT_RECORD] = -1
+                heads.append((rec_id, REVOKED, 0, 0))
+                continue
             t0 = time.perf_counter_ns()
             status, value = _run(fn, mode, data, slots, base)
             elapsed = time.perf_counter_ns() - t0
+            if _forked_child:
+                _leave_forked_child()
+            slots[base + SLOT_PHASE] = PHASE_SEND
+            status, blob = _dump_result(status, value)
+            if _forked_child:
+                _leave_forked_child()  # forked by the result's __reduce__
             slots[base + SLOT_RECORD] = -1
-            out.append((rec_id, status, value, elapsed))
+            slots[base + SLOT_PHASE] = PHASE_RUN
+            heads.append((rec_id, status, len(blob), elapsed))
+            blobs.append(blob)
             if not first_unsent:
                 first_unsent = t0
             done += 1
@@ -322,7 +382,7 @@ def _task_loop(
                 if rss > max_memory:
                     retire = f"resident memory {rss} > max_worker_memory={max_memory}"
             if retire:
-                if out:
+                if heads:
                     flush()
                 _frames.write_frame(result_fd, RETIRE, retire.encode())
                 return
@@ -338,60 +398,56 @@ def _run(fn: Callable[..., Any], mode: int, data: memoryview, slots: Any, base: 
             what="argument",
         )
         return FAILED, _encode_exception(err)
-    if mode == CALL:
+    kind = mode & MODE_MASK
+    if kind == CALL:
         args, kwargs = payload
         try:
             return OK, fn(*args, **kwargs)
         except BaseException as exc:
             return FAILED, _encode_exception(exc)
-    star = mode == STARMAP
+    star = kind == STARMAP
+    timed = mode & TIMED
     results: list[Any] = []
     append = results.append
     errors: dict[int, tuple[bytes, str]] = {}
     slot = base + SLOT_ITEM
+    started = base + SLOT_STARTED_NS
+    clock = time.monotonic_ns
     i = 0
     for i, item in enumerate(payload):
+        if timed:  # task_timeout is per task: each item's own start time
+            slots[started] = clock()
         slots[slot] = i
         try:
             append(fn(*item) if star else fn(item))
         except BaseException as exc:
             errors[i] = _encode_exception(exc)
             append(None)
+        if _forked_child:
+            _leave_forked_child()
     if errors:
         return PARTIAL, (results, errors)
     return OK, results
 
 
-def _dump_results(out: list[tuple[int, int, Any, int]]) -> bytes:
+def _dump_result(status: int, value: Any) -> tuple[int, bytes]:
+    """Pickle one record's result: pickle, then cloudpickle, else a SerializationError.
+
+    ``BaseException`` is caught: a ``SystemExit`` raised by a result's ``__reduce__`` is
+    that task's failure, not the worker's end."""
     try:
-        return pickle.dumps(out, _serialize.PROTOCOL)
-    except Exception:
+        return status, pickle.dumps(value, _serialize.PROTOCOL)
+    except BaseException:
         pass
-    # Find the results that cannot be pickled and replace each with the reason.
-    fixed = []
-    for rec_id, status, value, elapsed in out:
+    try:
+        import cloudpickle
+
+        return status, bytes(cloudpickle.dumps(value, _serialize.PROTOCOL))
+    except BaseException as exc:
+        what = "result" if status == OK else "exception"
         try:
-            pickle.dumps(value, _serialize.PROTOCOL)
-        except Exception:
-            try:
-                import cloudpickle
-
-                cloudpickle.dumps(value, _serialize.PROTOCOL)
-                value = _CloudPickled(cloudpickle.dumps(value, _serialize.PROTOCOL))
-            except Exception:
-                what = "result" if status == OK else "exception"
-                err = SerializationError(
-                    "cannot pickle the " + _serialize.describe_failure(what, value),
-                    what="result",
-                )
-                status, value = FAILED, _encode_exception(err)
-        fixed.append((rec_id, status, value, elapsed))
-    return pickle.dumps(fixed, _serialize.PROTOCOL)
-
-
-class _CloudPickled:
-    """A result only cloudpickle could pickle; unwrapped by the supervisor."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
+            detail = _serialize.describe_failure(what, value)
+        except BaseException:
+            detail = f"{what} ({type(value).__name__}): {type(exc).__name__}: {exc}"
+        err = SerializationError("cannot pickle the " + detail, what="result")
+        return FAILED, pickle.dumps(_encode_exception(err), _serialize.PROTOCOL)

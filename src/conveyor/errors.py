@@ -105,7 +105,9 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
     for ``submit``/``apply_async`` the task's submission number in the pool),
     ``task_repr`` (short repr of its arguments), ``pid``, ``exitcode`` (negative for a
     signal, as :attr:`multiprocessing.Process.exitcode`), ``signal_name``,
-    ``peak_rss`` (bytes, when known) and ``guess`` (a likely cause, labelled as such).
+    ``peak_rss`` (bytes, when known), ``guess`` (a likely cause, labelled as such) and
+    ``phase`` (``"sending its result"`` when the function had returned and the worker
+    died pickling its result; None while the function ran).
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
         exitcode: int | None,
         peak_rss: int | None = None,
         guess: str | None = None,
+        phase: str | None = None,
     ) -> None:
         self.task_index = task_index
         self.task_repr = task_repr
@@ -124,6 +127,7 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
         self.signal_name = signal_name(-exitcode) if exitcode is not None and exitcode < 0 else None
         self.peak_rss = peak_rss
         self.guess = guess
+        self.phase = phase
         super().__init__(self._message())
 
     def _message(self) -> str:
@@ -134,7 +138,8 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
             how = f"exited with code {self.exitcode}"
         else:
             how = "disappeared"
-        msg = f"the worker (pid {self.pid}) running {what} {self.task_repr} {how}"
+        doing = f"{self.phase} of" if self.phase else "running"
+        msg = f"the worker (pid {self.pid}) {doing} {what} {self.task_repr} {how}"
         if self.peak_rss:
             msg += f"; its peak resident memory was {self.peak_rss / 2**20:.0f} MiB"
         if self.guess:
@@ -144,7 +149,8 @@ class WorkerLostError(ConveyorError, BrokenProcessPool):
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             type(self),
-            (self.task_index, self.task_repr, self.pid, self.exitcode, self.peak_rss, self.guess),
+            (self.task_index, self.task_repr, self.pid, self.exitcode, self.peak_rss, self.guess,
+             self.phase),
         )
 
 
@@ -219,6 +225,24 @@ class PoolClosedError(ConveyorError, ValueError, RuntimeError):
     A ``ValueError`` as ``multiprocessing.Pool`` raises, and a ``RuntimeError`` as
     ``concurrent.futures.Executor`` raises, so either habit's ``except`` works.
     """
+
+
+class WrongProcessError(PoolClosedError):
+    """A pool was used in a process forked from the one that created it.
+
+    A pool's workers, pipes and supervisor thread belong to its creator; a forked child
+    has copies that lead nowhere. Create a new pool in the child. Attributes:
+    ``owner_pid`` (the creator) and ``pid`` (the process that tried).
+    """
+
+    def __init__(self, owner_pid: int, pid: int) -> None:
+        self.owner_pid = owner_pid
+        self.pid = pid
+        super().__init__(f"this pool belongs to process {owner_pid}, and process {pid} is a "
+                         "fork of it; create a new pool in the child")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.owner_pid, self.pid))
 
 
 class CallbackError(ConveyorError):
