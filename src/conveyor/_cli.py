@@ -99,12 +99,29 @@ def build_parser() -> Parser:
                         help="show no progress bars or progress lines "
                              "(same as CONVEYOR_PROGRESS=off)")
     p_demo.set_defaults(run=demo, parser=p_demo)
+    from conveyor import _batch_cmd
+
+    _batch_cmd.add_parsers(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Inputs after options (`conveyor map m:f -k a.txt -`): argparse has already
+        # filled the positional list, so the inputs it left over are added here.
+        stray = [a for a in extra if a.startswith("-") and a != "-"]
+        if stray or not hasattr(args, "inputs"):
+            sub = getattr(args, "parser", parser)
+            sub.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.inputs += extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for "retry the failures"
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # `conveyor results ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
