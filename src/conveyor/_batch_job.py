@@ -41,6 +41,7 @@ from conveyor._batch_runners import ItemOutcome, MapRunner, ShellRunner
 
 TICK = 0.05
 READ_BLOCK = 256
+STOP_GRACE = 0.5
 MAX_HELD = 10_000  # -k: lines held back for order before reading pauses
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_HALTED = 0, 1, 2, 3
@@ -239,7 +240,7 @@ class Job:
                         journal.mark_running(t.key, t.seq, t.content, run_id)
                     runner.submit(token, [t.value for t in group], group[0].seq)
                     running += len(group)
-                if not inflight and (exhausted or halting) and not ready:
+                if not inflight and (halting or (exhausted and not ready)):
                     break
                 if self.stop_signal is not None:
                     break
@@ -250,8 +251,8 @@ class Job:
                     out.flush()
                     continue
                 while True:
-                    group = inflight.pop(token)
-                    for task, outcome in zip(group, outcomes, strict=True):
+                    group = inflight.pop(token, [])  # none: dropped by --halt now
+                    for task, outcome in zip(group, outcomes, strict=False):
                         if self._finish(journal, task, outcome, ready, out, bar):
                             halting = halting or self._halt_reached()
                     try:
@@ -269,8 +270,11 @@ class Job:
                 signal.signal(s, h)
             if runner is not None:
                 if self.stop_signal is not None or inflight:
-                    runner.stop()
+                    # An interrupt lets running calls finish for up to STOP_GRACE s, so
+                    # what is nearly done is kept, and still exits within about 1 s.
+                    runner.stop(STOP_GRACE if self.stop_signal is not None else 0.0)
                 runner.close()
+                self._drain(runner, journal, inflight, out, bar)
             for t in ready:  # read but not started: pending, so status counts them
                 journal.mark_running(t.key, t.seq, t.content, run_id)
             journal.reset_running()
@@ -293,6 +297,21 @@ class Job:
             warn("stopped by --halt; add --resume to run the rest")
             return EXIT_HALTED
         return EXIT_FAILED if self.summary.failed or self.summary.skipped_failed else EXIT_OK
+
+    def _drain(self, runner: MapRunner | ShellRunner, journal: Journal,
+               inflight: dict[int, list[_Task]], out: Output, bar: Any) -> None:
+        """After a stop: keep the items that finished ok meanwhile (work done is never
+        thrown away); the rest stay ``running`` until ``reset_running``."""
+        spare: deque[_Task] = deque()
+        while True:
+            try:
+                token, outcomes = runner.done.get_nowait()
+            except queue.Empty:
+                return
+            group = inflight.pop(token, None)
+            for task, outcome in zip(group or (), outcomes, strict=False):
+                if outcome.ok:
+                    self._finish(journal, task, outcome, spare, out, bar)
 
     def _bar(self, journal: Journal) -> Any:
         if not self.spec.bar:

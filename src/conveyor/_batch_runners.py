@@ -70,6 +70,7 @@ class MapRunner:
         self._fn = fn
         self._style = style
         self._retry_on = tuple(retry_on)
+        self._futures: dict[int, Future[Any]] = {}
         self._pool = conveyor.Pool(jobs, initializer=initializer, task_timeout=timeout,
                                    maxtasksperchild=maxtasksperchild,
                                    max_worker_memory=max_worker_memory)
@@ -79,10 +80,24 @@ class MapRunner:
                                 self._retry_on)
         t0 = time.perf_counter()
         n = len(values)
-        fut.add_done_callback(lambda f: self.done.put((token, _map_outcomes(f, n, t0))))
+        self._futures[token] = fut
 
-    def stop(self) -> None:
-        """Kill what runs now (Ctrl-C, ``--halt now``)."""
+        def done(f: Future[Any]) -> None:
+            self._futures.pop(token, None)
+            self.done.put((token, _map_outcomes(f, n, t0)))
+
+        fut.add_done_callback(done)
+
+    def stop(self, grace: float = 0.0) -> None:
+        """Stop now (Ctrl-C, ``--halt now``): drop queued calls, give running ones
+        ``grace`` seconds to finish (their results are kept), then kill the workers."""
+        from concurrent.futures import wait
+
+        futures = list(self._futures.values())
+        for fut in futures:
+            fut.cancel()
+        if grace > 0:
+            wait(futures, timeout=grace)
         self._pool.terminate()
 
     def close(self) -> None:
@@ -166,8 +181,9 @@ class ShellRunner:
                 self._running.pop(me, None)
             self.done.put((token, [_shell_outcome(result, self._timeout)] * len(values)))
 
-    def stop(self) -> None:
-        """Interrupt: SIGTERM to every running command's group, SIGKILL after 1 s."""
+    def stop(self, grace: float = 0.0) -> None:
+        """Interrupt: SIGTERM to every running command's group, SIGKILL after 1 s.
+        (No grace: a command is told to stop at once, and has 1 s to do so.)"""
         with self._lock:
             self._stopping = True
             procs = list(self._running.values())
