@@ -20,13 +20,14 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-DEMO_PARTS = ("pool", "pipeline", "channel", "shared")
+DEMO_PARTS = ("pool", "pipeline", "channel", "shared", "batch")
 
 # Demo parts in their own modules: (name, module, title).
 _OTHER_DEMOS = [
     ("channel", "conveyor._demo_channel",
      "A channel: producer-consumer with a bounded buffer, 2 producers -> 3 consumers"),
     ("shared", "conveyor._demo_shared", "Shared state and teams"),
+    ("batch", "conveyor._demo_batch", "A batch job from the shell, interrupted and resumed"),
 ]
 
 
