@@ -104,7 +104,7 @@ def test_progress_into_a_log_is_plain_lines(tmp_path: Path) -> None:
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) >= 2, proc.stderr  # some while running, one at the end
-    assert lines[-1].startswith("nap: 40/40 task (100%)"), lines
+    assert lines[-1].startswith("nap: 100% 40/40 task,"), lines
     # The same script with a redrawn bar forced: the check above can tell them apart.
     forced = run([sys.executable, str(script)], {**env, "CONVEYOR_PROGRESS": "bar"}, 50)
     assert forced.returncode == 0 and "\r" in forced.stderr
@@ -146,7 +146,7 @@ def test_demo_pool_in_a_log(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "serial agrees" in proc.stdout and "CPUs available" in proc.stdout
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
-    assert "count_primes: 8/8 task (100%)" in proc.stderr
+    assert "count_primes: 100% 8/8 task" in proc.stderr
     assert "seed" not in (proc.stdout + proc.stderr).lower()
 
 

@@ -115,7 +115,7 @@ class LineBar:
     Takes tqdm's keyword arguments (ignoring those about drawing) and offers the part of
     tqdm's interface the package uses: ``n``, ``total``, ``update``, ``refresh``,
     ``close``, and ``with``. A line looks like
-    ``count_primes: 1,200/6,000 task (20%), 240/s, 5 s``."""
+    ``count_primes: 20% 1,200/6,000 task, 240/s, 5 s``."""
 
     def __init__(self, total: float | None = None, desc: str | None = None, unit: str = "it",
                  initial: float = 0, file: TextIO | None = None, **_drawing: Any) -> None:
@@ -142,11 +142,10 @@ class LineBar:
 
     def _print(self, now: float) -> None:
         elapsed = now - self._started
-        done = f"{self.n:,.0f}"
-        if self.total:
-            done += f"/{self.total:,.0f} {self._unit} ({100 * self.n / self.total:.0f}%)"
+        if self.total:  # the percentage first, where tqdm puts it
+            done = f"{100 * self.n / self.total:.0f}% {self.n:,.0f}/{self.total:,.0f} {self._unit}"
         else:
-            done += f" {self._unit}"
+            done = f"{self.n:,.0f} {self._unit}"
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
         file = self._file if self._file is not None else sys.stderr
         print(f"{self._desc}: {done}, {rate:,.0f}/s, {elapsed:.0f} s", file=file, flush=True)
