@@ -1,144 +1,128 @@
 """The ``conveyor`` command.
 
-``conveyor demo`` runs the seed tutorial's patterns, live, on real work.
+``conveyor demo`` runs the library's patterns live on real work: a pool with a progress
+bar, a pipeline, a work queue, a channel between producers and consumers, shared state,
+a team of processes, and a batch job that is interrupted and resumed.
+
+``conveyor map``, ``run``, ``status`` and ``results`` run batch jobs from the shell with a
+journal, so a job that is stopped resumes where it stopped (``_batch_cmd`` and the
+``_batch_*`` modules it uses).
+
+Usage errors are one line on stderr and exit code 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import math
 import os
 import sys
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import NoReturn
 
+DEMO_PARTS = ("pool", "pipeline", "channel", "shared", "batch")
 
-def count_primes(block: tuple[int, int]) -> int:
-    """Count the primes in [lo, hi) by trial division: honest CPU work for the demo."""
-    lo, hi = block
-    count = 0
-    for n in range(max(lo, 2), hi):
-        if n % 2 == 0:
-            count += n == 2
-            continue
-        limit = math.isqrt(n)
-        d = 3
-        while d <= limit and n % d:
-            d += 2
-        count += d > limit
-    return count
-
-
-def _section(title: str) -> None:
-    print(f"\n== {title} ==", flush=True)
-
-
-def demo_pool(workers: int, limit: int, blocks: int) -> None:
-    import conveyor as cv
-
-    step = limit // blocks
-    work = [(i * step, (i + 1) * step) for i in range(blocks)]
-
-    _section(f"Pool + progress bar (seed 6-7): primes below {limit:,} in {blocks} blocks")
-    t0 = time.perf_counter()
-    serial = sum(count_primes(b) for b in work)
-    t_serial = time.perf_counter() - t0
-
-    done: list[int] = []
-    with cv.Pool(workers, progress=True) as pool:
-        t0 = time.perf_counter()
-        parallel = sum(pool.map(count_primes, work, chunksize=1))
-        t_pool = time.perf_counter() - t0
-
-        # apply_async + callback, as the seed does it: callbacks run in the parent.
-        results = [pool.apply_async(count_primes, (b,), callback=done.append) for b in work[:8]]
-        first8 = [r.get(timeout=60) for r in results]
-
-    if parallel != serial or sorted(done) != sorted(first8):
-        raise SystemExit("demo: the pool's results differ from the serial results")
-    print(f"primes found: {parallel:,} (serial agrees)")
-    print(f"serial: {t_serial:.2f} s   pool of {workers}: {t_pool:.2f} s   "
-          f"speed-up: {t_serial / t_pool:.2f}x on {os.cpu_count()} CPUs")
-    print(f"apply_async with callback: {len(done)} callbacks ran in the parent")
-
-
-def _words(n: int):  # type: ignore[no-untyped-def]
-    """A slow-ish source: the seed's producer that pauses now and then."""
-    for i in range(n):
-        if i % 2000 == 0:
-            time.sleep(0.02)
-        yield f"item-{i}"
-
-
-def _checksum(word: str) -> int:
-    return sum(word.encode()) * 2654435761 % 1000
-
-
-def _is_small(n: int) -> bool:
-    return n < 500
-
-
-def _subtree(node: tuple[int, int], add: Any) -> int:
-    depth, ident = node
-    if depth < 7:
-        add((depth + 1, ident * 2))
-        add((depth + 1, ident * 2 + 1))
-    return count_primes((ident * 50, ident * 50 + 50))
-
-
-def demo_pipeline(workers: int) -> None:
-    import conveyor as cv
-
-    _section("Pipeline (seed 1 + 5): producer -> 2 stages -> consumer, ending by itself")
-    pipe = (cv.Pipeline(_words(40_000))
-            .map(_checksum, workers=workers)
-            .filter(_is_small, workers=workers)
-            .batch(100))
-    batches = pipe.run(progress=True)
-    print(f"{sum(len(b) for b in batches):,} items kept in {len(batches)} batches; "
-          "no sentinel, no task_done(), no consumer count")
-    print(pipe.stats)
-
-    _section("Work queue (seed 5): tasks that add tasks, ending when all work is done")
-    results = cv.work_queue([(0, 1)], _subtree, workers=workers, progress=True)
-    print(f"{len(results)} tasks ran (a binary tree discovered while running); "
-          f"{sum(results):,} primes counted")
-
-
-# Each capability that lands adds its seed pattern here: (module, title).
+# Demo parts in their own modules: (name, module, title).
 _OTHER_DEMOS = [
-    ("conveyor._demo_channel", "Channel: the seed's bounded buffer, 2 producers -> 3 consumers"),
-    ("conveyor._demo_shared", "Shared state and teams"),
+    ("channel", "conveyor._demo_channel",
+     "A channel: producer-consumer with a bounded buffer, 2 producers -> 3 consumers"),
+    ("shared", "conveyor._demo_shared", "Shared state and teams"),
+    ("batch", "conveyor._demo_batch", "A batch job from the shell, interrupted and resumed"),
 ]
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: ``conveyor demo: error: ...``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def demo(args: argparse.Namespace) -> int:
-    print(f"conveyor demo: Python {sys.version.split()[0]}, {os.cpu_count()} CPUs")
-    demo_pool(args.workers, args.limit, args.blocks)
-    demo_pipeline(args.workers)
-    for module_name, title in _OTHER_DEMOS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError:
+    if args.blocks > args.limit:
+        args.parser.error(f"--blocks ({args.blocks}) must not exceed --limit ({args.limit}): "
+                          "each block needs at least one number")
+    if args.no_progress:
+        os.environ["CONVEYOR_PROGRESS"] = "off"
+    from conveyor import _demo_pool
+    from conveyor._demo_pool import available_cpus
+
+    parts = set(args.only or DEMO_PARTS)
+    print(f"conveyor demo: Python {sys.version.split()[0]}, {available_cpus()} of "
+          f"{os.cpu_count()} CPUs available, {args.workers} workers")
+    if "pool" in parts:
+        _demo_pool.demo_pool(args.workers, args.limit, args.blocks)
+    if "pipeline" in parts:
+        _demo_pool.demo_pipeline(args.workers)
+    for name, module_name, title in _OTHER_DEMOS:
+        if name not in parts:
             continue
-        _section(title)
+        module = importlib.import_module(module_name)
+        print(f"\n== {title} ==", flush=True)
         module.run()
     print("\nAll demos finished.")
     return 0
 
 
+def build_parser() -> Parser:
+    from conveyor import __version__
+
+    parser = Parser(prog="conveyor", description=__doc__,
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}",
+                        help="print the version of conveyor and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=Parser)
+    p_demo = sub.add_parser("demo", help="run the library's patterns live on real work",
+                            description="Run the library's patterns live on real CPU work.")
+    p_demo.add_argument("-j", "--workers", type=positive_int, metavar="N",
+                        default=os.cpu_count() or 2,
+                        help="worker processes for the pool, pipeline and work queue "
+                             "(default: the number of CPUs, %(default)s)")
+    p_demo.add_argument("--limit", type=positive_int, default=2_000_000, metavar="N",
+                        help="count the primes below N (default: %(default)s)")
+    p_demo.add_argument("--blocks", type=positive_int, default=60, metavar="N",
+                        help="split the prime counting into N tasks (default: %(default)s)")
+    p_demo.add_argument("--only", action="append", choices=DEMO_PARTS, metavar="PART",
+                        help="run only this part (repeatable): " + ", ".join(DEMO_PARTS))
+    p_demo.add_argument("--no-progress", action="store_true",
+                        help="show no progress bars or progress lines "
+                             "(same as CONVEYOR_PROGRESS=off)")
+    p_demo.set_defaults(run=demo, parser=p_demo)
+    from conveyor import _batch_cmd
+
+    _batch_cmd.add_parsers(sub)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="conveyor", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run the seed's patterns live on real work")
-    p_demo.add_argument("-j", "--workers", type=int, default=os.cpu_count() or 2)
-    p_demo.add_argument("--limit", type=int, default=2_000_000, help="count primes below this")
-    p_demo.add_argument("--blocks", type=int, default=60)
-    p_demo.set_defaults(run=demo)
-    args = parser.parse_args(argv)
-    return int(args.run(args))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # Inputs after options (`conveyor map m:f -k a.txt -`): argparse has already
+        # filled the positional list, so the inputs it left over are added here.
+        stray = [a for a in extra if a.startswith("-") and a != "-"]
+        if stray or not hasattr(args, "inputs"):
+            sub = getattr(args, "parser", parser)
+            sub.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+        args.inputs += extra
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for "retry the failures"
+    try:
+        return int(args.run(args))
+    except BrokenPipeError:  # `conveyor results ... | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
-"""``conveyor demo``: the seed's producer-consumer, live, on a :class:`Channel`.
+"""``conveyor demo``: producer-consumer with a bounded buffer, live, on a :class:`Channel`.
 
-Two producers and three consumers share a channel of ``maxsize=10``, as in the seed;
+Two producers and three consumers share a channel of ``maxsize=10``;
 two progress bars show items produced and consumed, and the run ends by itself when
 both producers have closed and the channel is drained. Takes a few seconds.
 
@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from conveyor._channel import Channel
+from conveyor._progress import make_bar
 
 PRODUCERS, CONSUMERS, MAXSIZE = 2, 3, 10
 PER_PRODUCER = 150_000
@@ -43,11 +44,6 @@ def _consume(channel: Channel[int], counts: Any, slot: int) -> None:
 
 def run() -> None:
     """Show 2 producers and 3 consumers moving items through ``Channel(maxsize=10)``."""
-    from tqdm import tqdm
-
-    class Bar(tqdm):  # type: ignore[misc]
-        monitor_interval = 0  # we refresh every 0.1 s ourselves: no monitor thread
-
     ctx = mp.get_context()
     total = PRODUCERS * PER_PRODUCER
     channel: Channel[int] = Channel(maxsize=MAXSIZE, senders=PRODUCERS)
@@ -56,12 +52,14 @@ def run() -> None:
     procs += [
         ctx.Process(target=_consume, args=(channel, counts, PRODUCERS + k)) for k in range(CONSUMERS)
     ]
-    print(f"The seed's buffer as a Channel: {PRODUCERS} producers, {CONSUMERS} consumers, maxsize {MAXSIZE}")
+    print(f"A bounded buffer as a Channel: {PRODUCERS} producers, {CONSUMERS} consumers, "
+          f"maxsize {MAXSIZE}")
     for p in procs:  # before tqdm starts its monitor thread: forking threads is unsafe
         p.start()
     start = time.perf_counter()
-    produced = Bar(total=total, desc="produced", unit=" items", position=0)
-    consumed = Bar(total=total, desc="consumed", unit=" items", position=1)
+    # We refresh every 0.1 s ourselves: no tqdm monitor thread.
+    produced = make_bar(total=total, desc="produced", unit=" items", position=0, monitor=False)
+    consumed = make_bar(total=total, desc="consumed", unit=" items", position=1, monitor=False)
     try:
         while any(p.is_alive() for p in procs):
             produced.update(sum(counts[:PRODUCERS]) - produced.n)

@@ -15,6 +15,7 @@ import os
 import time
 from typing import Annotated, Any
 
+from conveyor._progress import make_bar
 from conveyor._shared_array import SharedArray
 from conveyor._struct import SharedStruct
 from conveyor._team import TeamContext, team
@@ -50,9 +51,7 @@ def _jacobi(ctx: TeamContext, a: SharedArray, b: SharedArray, show: bool) -> flo
     r0, r1 = rows.start + 1, rows.stop + 1
     bar: Any = None
     if show and ctx.rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=STEPS, desc=f"  Jacobi, {ctx.size} process{'es' if ctx.size > 1 else ''}",
+        bar = make_bar(total=STEPS, desc=f"  Jacobi, {ctx.size} process{'es' if ctx.size > 1 else ''}",
                    unit="step", leave=True)
     for _ in range(STEPS):
         dst[r0:r1, 1:-1] = 0.25 * (
@@ -78,8 +77,6 @@ def _simulate(members: int) -> tuple[float, float]:
 
 def run() -> None:
     """Show shared structs and a team, live; takes a few seconds."""
-    from tqdm import tqdm
-
     print("Shared struct: 4 processes update one Progress struct; the bar reads it.")
     with Progress() as progress:
         procs = [
@@ -87,7 +84,7 @@ def run() -> None:
             for i in range(WORKERS)
         ]
         total = WORKERS * TASKS_PER_WORKER
-        with tqdm(total=total, desc="  tasks", unit="task") as bar:
+        with make_bar(total=total, desc="  tasks", unit="task") as bar:
             for p in procs:
                 p.start()
             while any(p.is_alive() for p in procs):
