@@ -290,3 +290,32 @@ def test_base_class_form_works_across_processes(start_method: str) -> None:
         assert ex.submit(_finish, job).result() == "render"
         assert (job.done, job.at.x, job.at.y) == (2, 7, 1.5)
         assert repr(job) == "Job(done=2, name='render', at=Point(x=7, y=1.5))"
+
+
+def _bad_update(s: Stats) -> str:
+    try:
+        s.update(processed=99, seconds=2.5, last="x", hist=iter([1, 2, 3, 4]), ok="bad")
+    except TypeError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_update_is_all_or_nothing_across_processes(start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    with Stats(processed=1) as s, concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=ctx
+    ) as ex:
+        message = ex.submit(_bad_update, s).result()
+        assert "Stats.ok is a bool" in message
+        # The good values before the bad one were not written either.
+        assert (s.processed, s.seconds, s.last, s.hist.tolist()) == (1, 0.0, "none", [0, 0, 0, 0])
+        with pytest.raises(ValueError, match=r"Stats\.where\.|holds at most"):
+            s.update(processed=5, where={"x": 3, "y": 0.5}, last="far too long")
+        with pytest.raises(TypeError, match="no field 'nope'"):
+            s.update(processed=5, nope=1)
+        with pytest.raises(TypeError, match=r"Point\.x is an int"):
+            s.where = {"y": 9.0, "x": "bad"}  # a nested struct assigned whole: all or nothing too
+        assert (s.processed, s.where.x, s.where.y) == (1, 0, 1.5)
+        # An iterator is consumed once, by the validation, and still written.
+        s.update(processed=2, hist=iter([1, 2, 3, 4]))
+        assert (s.processed, s.hist.tolist()) == (2, [1, 2, 3, 4])

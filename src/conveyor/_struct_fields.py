@@ -48,6 +48,10 @@ class _Field:
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         raise NotImplementedError
 
+    def prepare(self, value: Any) -> Any:
+        """``value`` in a form that can be written twice (see :meth:`Layout.write`)."""
+        return value
+
 
 class _IntField(_Field):
     kind = "int"
@@ -237,6 +241,15 @@ class _ArrayField(_Field):
     def get(self, buf: memoryview, base: int) -> SharedFieldArray:
         return SharedFieldArray(self, buf, base)
 
+    def prepare(self, value: Any) -> Any:
+        # An iterator would be used up by the scratch write.
+        if isinstance(value, (list, tuple)):
+            return value
+        try:
+            return list(value)
+        except TypeError:
+            return value  # set() says what is wrong with it
+
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         try:
             items = list(value)
@@ -269,6 +282,10 @@ class _NestedField(_Field):
     def get(self, buf: memoryview, base: int) -> Any:
         raise AssertionError("nested fields are read through the descriptor")
 
+    def prepare(self, value: Any) -> Any:
+        # One snapshot of a struct instance, so both writes store the same values.
+        return value.asdict() if isinstance(value, self.cls) else value
+
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         if isinstance(value, self.cls):
             values = value.asdict()  # type: ignore[attr-defined]
@@ -299,10 +316,28 @@ class Layout:
         self.numeric = {f.name: f for f in fields if isinstance(f, (_IntField, _FloatField))}
 
     def write(self, buf: memoryview, base: int, values: dict[str, Any]) -> None:
+        """Write ``values`` (field name -> value): all of them, or, if one is bad, none.
+
+        Every value is first written to a scratch copy of the layout, where a bad one
+        raises before shared memory is touched (``update(n=99, x="bad")`` must not leave
+        ``n`` at 99).
+        """
+        pairs = []
         for name, value in values.items():
             field = self.by_name.get(name)
             if field is None:
-                raise TypeError(f"{self.cls_name} has no field {name!r}")
+                raise TypeError(
+                    f"{self.cls_name} has no field {name!r}; its fields are "
+                    f"{', '.join(self.by_name)}"
+                )
+            pairs.append((field, field.prepare(value)))
+        scratch = memoryview(bytearray(self.size))
+        try:
+            for field, value in pairs:
+                field.set(scratch, 0, value)
+        finally:
+            scratch.release()
+        for field, value in pairs:
             field.set(buf, base, value)
 
 
