@@ -53,6 +53,7 @@ from typing import Any
 
 from conveyor import _shm
 from conveyor._shm import SHM_DIR, Segment
+from conveyor.errors import SharedObjectClosedError
 
 # struct flock on Linux (x86-64 and aarch64): short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid, padding. l_pid must be 0 for OFD locks.
@@ -133,6 +134,7 @@ class SegmentLock:
         self._lock_args = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
         self._unlock_args = _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0)
         self._fd = -1
+        self._closed_reason = f"the lock of segment {segment_name!r} was closed in this process"
         self._open()
         self._thread_lock = threading.Lock()
         self._owner: int | None = None
@@ -164,7 +166,7 @@ class SegmentLock:
             self._depth += 1
             return True
         if self._fd < 0:
-            raise ValueError(f"the lock of segment {self.segment_name!r} is closed")
+            raise SharedObjectClosedError(self._closed_reason)
         if blocking and (timeout is None or timeout < 0):
             self._thread_lock.acquire()
             try:
@@ -223,9 +225,12 @@ class SegmentLock:
         """Whether the calling thread holds this lock."""
         return self._owner == threading.get_ident()
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
+        """Close the descriptor; later acquires raise ``SharedObjectClosedError(reason)``."""
         self._finalizer()
         self._fd = -1
+        if reason:
+            self._closed_reason = reason
 
     def __enter__(self) -> SegmentLock:
         self.acquire()
@@ -244,6 +249,14 @@ class SegmentLock:
     def __repr__(self) -> str:
         state = "held" if self._owner is not None else "free here"
         return f"<SegmentLock {self.segment_name}@{self.offset} {state}>"
+
+
+def closed_error(what: str) -> SharedObjectClosedError:
+    """The error for any use of a shared object after ``close()`` in this process."""
+    return SharedObjectClosedError(
+        f"{what} was closed in this process (close() or the end of its with block) "
+        "and cannot be used any more; keep it open while you use it"
+    )
 
 
 def _close_fd(fd: int) -> None:

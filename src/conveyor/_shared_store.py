@@ -41,7 +41,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from conveyor._shared_common import SegmentLock, create_segment
+from conveyor._shared_common import SegmentLock, closed_error, create_segment
 from conveyor._shm import SHM_DIR, Segment
 
 T = TypeVar("T")
@@ -211,7 +211,7 @@ class Store:
 
     def close(self) -> None:
         """Unmap; in the creating process also free the shared memory. Safe to call twice."""
-        self._lock.close()
+        self._lock.close(str(closed_error(f"the {type(self).__name__} {self._seg.name}")))
         if self._map is not self._seg:
             self._map.close()
         self._seg.close()

@@ -66,6 +66,12 @@ class _IntField(_Field):
     def check(self, value: Any) -> int:
         if type(value) is int:
             v = value
+        elif isinstance(value, bool) or type(value).__name__ == "bool_":
+            # operator.index(True) is 1: a bool stored here is almost always a mistake.
+            raise TypeError(
+                f"{self.where()} is an int; cannot store bool {value!r} "
+                "(declare the field as bool, or store int(value))"
+            )
         else:
             try:
                 v = operator.index(value)
@@ -172,20 +178,27 @@ class SharedFieldArray:
         h.bins.tolist()         # [0, 0, 1, 0]
     """
 
-    def __init__(self, field: _ArrayField, buf: memoryview, base: int) -> None:
+    def __init__(self, field: _ArrayField, buf: memoryview, base: int, root: Any = None) -> None:
         at = base + field.offset
         self._field = field
+        self._root = root  # the struct's _Root: a view kept past close() must say so
         self._view = buf[at : at + 8 * field.length].cast(field.code)  # type: ignore[call-overload]
+
+    def _check(self) -> None:
+        if self._root is not None:
+            self._root.check_open()
 
     def __len__(self) -> int:
         return len(self._view)
 
     def __getitem__(self, index: int | slice) -> Any:
+        self._check()
         if isinstance(index, slice):
             return self._view[index].tolist()
         return self._view[index]
 
     def __setitem__(self, index: int | slice, value: Any) -> None:
+        self._check()
         if isinstance(index, slice):
             items = [self._field.item(v) for v in value]
             target = range(len(self._view))[index]
@@ -200,9 +213,10 @@ class SharedFieldArray:
         self._view[index] = self._field.item(value)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._view.tolist())
+        return iter(self.tolist())
 
     def tolist(self) -> list[Any]:
+        self._check()
         return list(self._view.tolist())
 
     def __eq__(self, other: object) -> bool:
@@ -284,7 +298,7 @@ class _NestedField(_Field):
 
     def prepare(self, value: Any) -> Any:
         # One snapshot of a struct instance, so both writes store the same values.
-        return value.asdict() if isinstance(value, self.cls) else value
+        return value.asdict() if isinstance(value, self.cls) else value  # type: ignore[attr-defined]
 
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         if isinstance(value, self.cls):
