@@ -344,6 +344,43 @@ def test_repr_and_statistics(make: MakeChannel) -> None:
     assert "qsize=1" in repr(ch)
 
 
+def _close_one(ch: Channel[Any]) -> None:
+    with ch:
+        ch.put("from a child")
+
+
+def test_repr_says_open_closed_or_cancelled(start_method: str) -> None:
+    ctx = mp.get_context(start_method)
+    ch: Channel[Any] = Channel(maxsize=5, senders=2)
+    name = ch._ring.name
+    assert repr(ch) == f"<Channel {name} open (0 of 2 senders closed) qsize=0 maxsize=5>"
+    p = ctx.Process(target=_close_one, args=(ch,))
+    p.start()
+    p.join(30)
+    assert repr(ch) == f"<Channel {name} open (1 of 2 senders closed) qsize=1 maxsize=5>"
+    ch.close()
+    assert repr(ch) == f"<Channel {name} closed (2 of 2 senders closed) qsize=1 maxsize=5>"
+    ch.cancel("stop")
+    assert repr(ch) == f"<Channel {name} cancelled qsize=1 maxsize=5>"
+    ch.unlink()
+    assert repr(ch) == f"<Channel {name} released>"
+    ch.close()  # close() after unlink() is a no-op
+    ch.unlink()
+    endless: Channel[Any] = Channel(senders=0)
+    assert "open (open-ended: no end of stream)" in repr(endless)
+    endless.unlink()
+
+
+def test_close_after_unlink_is_a_no_op() -> None:
+    ch: Channel[Any] = Channel()
+    ch.put(1)
+    other = ch.clone()
+    ch.unlink()
+    ch.close()
+    other.close()  # the same mapping in this process: released too
+    ch.close()
+
+
 # -- across processes ----------------------------------------------------------------------
 
 

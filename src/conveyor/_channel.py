@@ -229,6 +229,8 @@ class Channel(Generic[T]):
         if self._closed:
             return
         self._closed = True
+        if self._ring.seg.closed:
+            return  # after unlink(): nothing left to count the close in
         slot = self._slot if self._send_pid == PROCESS.pid else -1
         self._send_pid = 0
         self._ring.close_sender(slot)
@@ -374,11 +376,17 @@ class Channel(Generic[T]):
         ring = self._ring
         if ring.seg.closed:
             return f"<Channel {ring.name} released>"
-        return (
-            f"<Channel {ring.name} qsize={ring.qsize()} maxsize={ring.maxsize} "
-            f"senders={ring.closed_senders()}/{ring.senders} closed>"
-        )
-
+        closed, senders = ring.closed_senders(), ring.senders
+        if ring.broken:
+            err = ring.broken_error()
+            state = "cancelled" if err.reason == "cancelled" else f"broken ({err.reason})"
+        elif not senders:
+            state = "open (open-ended: no end of stream)"
+        elif closed >= senders:
+            state = f"closed ({closed} of {senders} senders closed)"
+        else:
+            state = f"open ({closed} of {senders} senders closed)"
+        return f"<Channel {ring.name} {state} qsize={ring.qsize()} maxsize={ring.maxsize}>"
 
 def _reopen(name: str) -> Channel[Any]:
     channel: Channel[Any] = Channel.__new__(Channel)
