@@ -381,6 +381,46 @@ def test_close_after_unlink_is_a_no_op() -> None:
     ch.close()
 
 
+def _fds_and_maps() -> tuple[int, int]:
+    with open("/proc/self/maps") as f:
+        maps = sum("/dev/shm/conveyor_" in line for line in f)
+    return len(os.listdir("/proc/self/fd")), maps
+
+
+def _open_and_drop(data: bytes, n: int) -> tuple[int, int]:
+    before = _fds_and_maps()
+    for _ in range(n):
+        handle = pickle.loads(data)
+        handle.qsize()
+        del handle
+    after = _fds_and_maps()
+    return after[0] - before[0], after[1] - before[1]
+
+
+def test_dropped_handles_close_their_descriptor_and_mapping(start_method: str) -> None:
+    import concurrent.futures
+
+    warm: Channel[Any] = Channel()  # starts whatever a first channel starts
+    warm.unlink()
+    before = _fds_and_maps()
+    tags = []
+    for _ in range(200):
+        ch: Channel[Any] = Channel()
+        ch.put(np.zeros(THRESHOLD // 8 + 1))  # a large item in flight: freed with the ring
+        tags.append(ch._ring.tag)
+        del ch
+    assert _fds_and_maps() == before
+    assert not [n for n in conveyor_segments() if any(tag in n for tag in tags)]
+    # A consumer that unpickles and drops many handles keeps none of them.
+    kept: Channel[Any] = Channel()
+    ctx = mp.get_context(start_method)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        data = pickle.dumps(kept)
+        ex.submit(_open_and_drop, data, 1).result(timeout=60)  # warm up the worker
+        assert ex.submit(_open_and_drop, data, 300).result(timeout=60) == (0, 0)
+    kept.unlink()
+
+
 # -- across processes ----------------------------------------------------------------------
 
 
