@@ -27,12 +27,13 @@ when the channel's creator releases the ring.
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from contextlib import suppress
 from typing import Any
 
-from conveyor._shm import SHM_DIR, Segment, _untrack
+from conveyor._shm import SHM_DIR, Segment, _untrack, space_error
 from conveyor.errors import ChannelBroken, SerializationError, short_repr
 
 THRESHOLD = 256 * 1024
@@ -127,7 +128,9 @@ def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
     blocks: list[Segment] = []
     try:
         for view in views:
-            blocks.append(Segment.create(view.nbytes, f"oob{tag}"))
+            # Not reserved: pwrite fills every page and reports a full /dev/shm as an
+            # error, and the receiver maps the block only once it is full.
+            blocks.append(Segment.create(view.nbytes, f"oob{tag}", reserved=False))
             _fill(blocks[-1].name, view)
     except BaseException:
         discard(blocks)
@@ -156,6 +159,10 @@ def _fill(name: str, view: memoryview) -> None:
         done = 0
         while done < view.nbytes:
             done += os.pwrite(fd, view[done:], done)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise space_error(view.nbytes, "a large channel item", pending=done) from None
+        raise
     finally:
         os.close(fd)
 

@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from conveyor._shared_common import SegmentLock, closed_error, create_segment
-from conveyor._shm import SHM_DIR, Segment
+from conveyor._shm import SHM_DIR, Segment, reserve
 
 T = TypeVar("T")
 
@@ -121,10 +121,21 @@ class Store:
             old.close()
 
     def _grow(self, needed_top: int) -> None:
-        size = self._get(F_SIZE)
+        old = size = self._get(F_SIZE)
         while size < needed_top:
             size *= 2
-        os.truncate(SHM_DIR / self._seg.name, size)
+        fd = os.open(SHM_DIR / self._seg.name, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            try:
+                # Set the new pages aside first: a store into a page /dev/shm cannot
+                # supply is SIGBUS, not an exception. On a shortage nothing has changed.
+                reserve(fd, old, size - old, f"a {type(self).__name__} growing to {size} bytes")
+            except BaseException:
+                os.ftruncate(fd, old)
+                raise
+        finally:
+            os.close(fd)
         self._set(F_SIZE, size)
         self._remap()
 

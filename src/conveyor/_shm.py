@@ -23,6 +23,7 @@ unlinked them when the *attaching* process exited (bpo-39959, gh-82300), and war
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import secrets
@@ -31,8 +32,11 @@ import weakref
 from multiprocessing import resource_tracker
 from pathlib import Path
 
+from conveyor.errors import SharedMemoryFullError
+
 SHM_DIR = Path("/dev/shm")
 PREFIX = "conveyor_"
+_KINDS = {"chan": "channel", "seg": "segment", "teamstate": "team state"}
 
 
 def _start_time(pid: int) -> str | None:
@@ -79,6 +83,54 @@ def sweep_stale() -> list[str]:
             except OSError:
                 pass
     return removed
+
+
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n} bytes ({n / scale:.1f} {unit})"
+    return f"{n} bytes"
+
+
+def space_error(requested: int, what: str, pending: int = 0) -> SharedMemoryFullError:
+    """The error for a segment that does not fit: the size asked, the space free, the mount.
+
+    ``pending``: bytes of the failed attempt still held, about to be freed (not "used").
+    """
+    try:
+        st = os.statvfs(SHM_DIR)
+        free = st.f_bavail * st.f_frsize + pending
+        total = st.f_blocks * st.f_frsize
+    except OSError:
+        free = total = 0
+    return SharedMemoryFullError(
+        f"not enough shared memory for {what}: asked for {_size_text(requested)}, but "
+        f"{SHM_DIR} has {_size_text(free)} free (of {_size_text(total)}); free some, or "
+        f"enlarge {SHM_DIR} (in Docker: --shm-size)",
+        requested,
+        free,
+        str(SHM_DIR),
+    )
+
+
+def reserve(fd: int, offset: int, length: int, what: str) -> None:
+    """Make the kernel set aside the pages of ``[offset, offset + length)`` now.
+
+    A tmpfs file is sparse: pages are found on first touch, and when /dev/shm is full
+    that touch, a plain store into the mapping, gets SIGBUS and kills the process with no
+    traceback. Reserving them when the segment is created or grown turns that into an
+    error here, before anything is written. Raises :class:`SharedMemoryFullError`.
+    """
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            raise space_error(length, what) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # A file system that cannot reserve: pages come on first touch, as before.
 
 
 def _untrack(name: str) -> None:
@@ -130,7 +182,13 @@ class Segment:
         )
 
     @classmethod
-    def create(cls, size: int, kind: str = "seg") -> Segment:
+    def create(cls, size: int, kind: str = "seg", *, reserved: bool = True) -> Segment:
+        """A new segment of ``size`` bytes, owned by this process.
+
+        ``reserved``: set its pages aside now (see :func:`reserve`), so that writing
+        into the mapping can never hit a full /dev/shm. A segment filled only with
+        ``write``/``pwrite`` (which report a full disk as an error) can skip it.
+        """
         if size < 0:
             raise ValueError(f"segment size must be >= 0, got {size}")
         name = new_name(kind)
@@ -139,6 +197,8 @@ class Segment:
         try:
             resource_tracker.register("/" + name, "shared_memory")
             os.ftruncate(fd, max(size, 1))
+            if reserved:
+                reserve(fd, 0, max(size, 1), f"a new shared {_KINDS.get(kind, kind)}")
             mm = mmap.mmap(fd, max(size, 1))
         except BaseException:
             os.close(fd)
