@@ -20,7 +20,9 @@ A handle is small: pickling one sends the ring's name, and unpickling maps it (o
 process). Each handle, the creator's and every copy, counts at most one close. The
 creator's handle owns the shared memory: it is unlinked by :meth:`Channel.unlink`,
 when that handle is garbage, at interpreter exit (Ctrl-C included), and by the
-resource tracker if the creator is killed.
+stale-segment sweep if the creator is killed (once no live process maps the ring; see
+``_shm_sweep``). Large items outlive their sender: a producer may exit right after
+``put``.
 
 Known limits: a sender that dies before its first ``put`` was never seen, so it cannot
 be reported (receivers wait; give them a ``timeout`` or ``cancel()``); a process that

@@ -13,16 +13,16 @@ kernel, about twice as fast here as faulting in a fresh mapping and copying into
 and the record carries the small pickle plus the blocks' names.
 
 Ownership travels with the record. The sender creates the block and after publishing
-disowns it, but leaves it registered with the resource tracker, which the process
-family shares: whoever is killed when, a block nobody took is unlinked at the latest
-when the family exits.
+disowns it: the sender may exit at once, and the item still arrives (the stale-segment
+sweep keeps a block while its channel's ring is alive; see ``_shm_sweep``).
 The receiver maps the block and unlinks its name at once: the memory lives exactly as
 long as the receiver's mapping, i.e. until the numpy array built on it (zero copies on
 this side) is garbage. ``bytes`` and ``bytearray`` must own their memory, so the
 receiver copies those once and the block goes immediately. Blocks nobody received
 (the channel was dropped with items in it, or a receiver died between taking the
 record and mapping the block) carry the channel's tag in their name and are swept
-when the channel's creator releases the ring.
+when the channel's creator releases the ring, or, if it was killed, when the ring is
+swept.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import pickle
 from contextlib import suppress
 from typing import Any
 
-from conveyor._shm import SHM_DIR, Segment, _untrack, space_error
+from conveyor._shm import SHM_DIR, Segment, space_error
 from conveyor.errors import ChannelBroken, SerializationError, short_repr
 
 THRESHOLD = 256 * 1024
@@ -168,14 +168,9 @@ def _fill(name: str, view: memoryview) -> None:
 
 
 def handed_over(blocks: list[Segment]) -> None:
-    """The record is published: the receiver owns the blocks now.
-
-    They stay registered with the resource tracker (shared by the process family), so
-    a block whose receiver never comes is still unlinked when the family exits even if
-    everyone was killed; the receiver unregisters what it takes.
-    """
+    """The record is published: the receiver owns the blocks now (module docstring)."""
     for block in blocks:
-        block.disown(untrack=False)
+        block.disown()
         block.close()
 
 
@@ -219,7 +214,6 @@ def _take_blocks(names: list[tuple[str, int]]) -> list[memoryview]:
         # when the last view of our mapping does.
         with suppress(FileNotFoundError):
             os.unlink(SHM_DIR / name)
-        _untrack(name)
         views.append(block.buf[:size])
     if missing:
         raise ChannelBroken(
@@ -241,4 +235,3 @@ def sweep_blocks(tag: str) -> None:
     for name in names:
         with suppress(OSError):
             os.unlink(SHM_DIR / name)
-            _untrack(name)

@@ -514,7 +514,7 @@ class Ring:
         self._recv_registered = False
         self._head_seen = self._tail_seen = 0
         self._tail_mine = -1
-        self.seg.disown(untrack=False)
+        self.seg.disown()
         if self._sweeper is not None:
             self._sweeper.detach()
             self._sweeper = None

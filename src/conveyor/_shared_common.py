@@ -5,10 +5,11 @@ Ownership
 The process that creates a shared object (struct, value, array, dict, list) owns its
 segment and is the only one that unlinks it: on ``close()``, at the end of its ``with``
 block, when the object is garbage-collected, at interpreter exit (also after an exception
-or Ctrl-C), or, after SIGKILL, through the resource tracker or the next run's sweep (the
-first segment a process creates sweeps segments whose owner is gone). Every other process
-gets a pickled handle and attaches; it never unlinks, and it bypasses the resource tracker
-(which before Python 3.13 would unlink the segment when the *attaching* process exits).
+or Ctrl-C), or, after SIGKILL or SIGTERM, by the reaper its process family started or
+the next run's sweep, once no live process maps it any more (see ``_shm_sweep``). Every
+other process gets a pickled handle and attaches; it never unlinks, and it bypasses the
+resource tracker (which before Python 3.13 would unlink the segment when the *attaching*
+process exits).
 A forked child inherits owner objects but is disowned at fork, so it never unlinks either.
 
 Consequence: create shared objects in the process that outlives their use (usually the
@@ -51,7 +52,7 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-from conveyor import _shm
+from conveyor import _shm_sweep
 from conveyor._shm import SHM_DIR, Segment
 from conveyor.errors import SharedObjectClosedError
 
@@ -78,7 +79,7 @@ def create_segment(size: int, kind: str) -> Segment:
     with _sweep_lock:
         if not _swept:
             _swept = True
-            _shm.sweep_stale()
+            _shm_sweep.sweep_stale()
     seg = Segment.create(size, kind)
     _owned_segments.add(seg)
     return seg

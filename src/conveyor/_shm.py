@@ -1,24 +1,21 @@
-"""Shared-memory segments: names, ownership, attaching, and sweeping stale ones.
+"""Shared-memory segments: names, ownership, attaching, reserving space.
 
-Every segment conveyor makes is named ``conveyor_<pid>_<starttime>_<token>``: the pid and
-the kernel start time of the process that owns it. A segment whose owner is gone (the
-pid is dead, or now belongs to a process that started at another time) is stale, and
-:func:`sweep_stale` removes it.
+Every segment conveyor makes is named ``conveyor_<pid>_<starttime>_<kind>_<token>``: the
+pid and the kernel start time of the process that owns it. A segment whose owner is gone
+(the pid is dead, or now belongs to a process that started at another time) and that no
+live process can reach any more is stale; ``_shm_sweep`` removes those.
 
 Ownership: exactly one :class:`Segment` per name is the owner (``create=True``); it is
 the only one that unlinks. Other processes :meth:`Segment.attach` and never unlink.
 
-Two safety nets catch an owner that cannot run its cleanup:
+An owner that cannot run its cleanup (SIGKILL, or SIGTERM's default action) is covered by
+``_shm_sweep``: the reaper process its family started sweeps when the family is gone,
+and the next run's :func:`~conveyor._shm_sweep.sweep_stale` catches the rest.
 
-* the owner registers the name with multiprocessing's resource tracker (as the standard
-  ``SharedMemory`` does), whose separate process unlinks it when the owner dies, even by
-  SIGKILL;
-* the next run's :func:`sweep_stale` removes whatever is still there.
-
-Attaching deliberately bypasses ``multiprocessing.shared_memory.SharedMemory``: before
-Python 3.13 it registered attached segments with the resource tracker too, which then
-unlinked them when the *attaching* process exited (bpo-39959, gh-82300), and warned about
-"leaked" segments it did not own.
+multiprocessing's ``SharedMemory`` and resource tracker are bypassed on purpose: before
+Python 3.13 attaching registered the segment with the tracker, which then unlinked it
+when the *attaching* process exited (bpo-39959, gh-82300); and the tracker warns about
+"leaked" segments that conveyor frees itself (see ``_shm_sweep``).
 """
 
 from __future__ import annotations
@@ -29,10 +26,11 @@ import os
 import secrets
 import stat
 import weakref
-from multiprocessing import resource_tracker
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from conveyor.errors import SharedMemoryFullError
+if TYPE_CHECKING:  # imported when needed: the reaper process imports this module
+    from conveyor.errors import SharedMemoryFullError
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "conveyor_"
@@ -65,26 +63,6 @@ def owner_alive(name: str) -> bool:
         return True  # not one of ours in the expected form: leave it alone
 
 
-def sweep_stale() -> list[str]:
-    """Unlink conveyor segments whose owner process is gone. Returns the names removed."""
-    removed: list[str] = []
-    try:
-        entries = list(SHM_DIR.iterdir())
-    except OSError:
-        return removed
-    for entry in entries:
-        if entry.name.startswith(PREFIX) and not owner_alive(entry.name):
-            # No resource_tracker.unregister here: the dead owner registered the name with
-            # *its* tracker, not ours, and unregistering an unknown name makes our tracker
-            # print a KeyError traceback for every segment swept.
-            try:
-                entry.unlink()
-                removed.append(entry.name)
-            except OSError:
-                pass
-    return removed
-
-
 def _size_text(n: int) -> str:
     for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= scale:
@@ -97,6 +75,7 @@ def space_error(requested: int, what: str, pending: int = 0) -> SharedMemoryFull
 
     ``pending``: bytes of the failed attempt still held, about to be freed (not "used").
     """
+    from conveyor.errors import SharedMemoryFullError
     try:
         st = os.statvfs(SHM_DIR)
         free = st.f_bavail * st.f_frsize + pending
@@ -133,13 +112,6 @@ def reserve(fd: int, offset: int, length: int, what: str) -> None:
         # A file system that cannot reserve: pages come on first touch, as before.
 
 
-def _untrack(name: str) -> None:
-    try:
-        resource_tracker.unregister("/" + name, "shared_memory")
-    except Exception:  # the tracker may be gone at interpreter exit; nothing to undo then
-        pass
-
-
 def _unlink_owned(name: str, mm: mmap.mmap | None) -> None:
     # Runs from a finalizer: must not raise, and must not depend on the Segment object.
     if mm is not None:
@@ -151,7 +123,6 @@ def _unlink_owned(name: str, mm: mmap.mmap | None) -> None:
         os.unlink(SHM_DIR / name)
     except FileNotFoundError:
         pass
-    _untrack(name)
 
 
 class Segment:
@@ -191,11 +162,13 @@ class Segment:
         """
         if size < 0:
             raise ValueError(f"segment size must be >= 0, got {size}")
+        from conveyor._shm_sweep import join_reaper
+
+        join_reaper()  # before the segment exists: a kill right after it is covered
         name = new_name(kind)
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            resource_tracker.register("/" + name, "shared_memory")
             os.ftruncate(fd, max(size, 1))
             if reserved:
                 reserve(fd, 0, max(size, 1), f"a new shared {_KINDS.get(kind, kind)}")
@@ -237,20 +210,15 @@ class Segment:
             except BufferError:
                 pass
 
-    def disown(self, *, untrack: bool = True) -> None:
+    def disown(self) -> None:
         """Give up ownership: this process will no longer unlink the name.
 
         For handing a segment to another process that unlinks it (a channel's large
         items), and for a forked child that inherited its parent's owner object.
-        ``untrack=False`` leaves the resource tracker's entry alone: a forked child
-        shares its parent's tracker, and unregistering there would drop the parent's
-        safety net.
         """
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-            if untrack:
-                _untrack(self.name)
         self.owner = False
 
     @property
