@@ -213,8 +213,8 @@ SIGTERMED = """
     import conveyor
 
     def hold(d, ch, a):
-        d["child"] = os.getpid()   # a forked child maps them too; it ends with its parent
-        parent = os.getppid()
+        parent = os.getppid()      # before telling the parent we are up: it dies after
+        d["child"] = os.getpid()   # the child maps them too; it ends with its parent
         while os.getppid() == parent:
             time.sleep(0.02)
 

@@ -185,7 +185,7 @@ class Channel(Generic[T]):
                 if 0 < len(record) <= self._fast_limit:
                     records.append((record, 0))
                     continue
-                record, flags, new = _oob.encode(item, ring.tag)
+                record, flags, new = _oob.encode(item, ring.name)
                 blocks += new
                 if ring.record_size(len(record)) > ring.capacity:
                     raise ValueError(

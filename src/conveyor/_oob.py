@@ -12,9 +12,10 @@ protocol 5 hands us the buffer (numpy's ``__reduce_ex__`` does so by itself; lar
 kernel, about twice as fast here as faulting in a fresh mapping and copying into it),
 and the record carries the small pickle plus the blocks' names.
 
-Ownership travels with the record. The sender creates the block and after publishing
-disowns it: the sender may exit at once, and the item still arrives (the stale-segment
-sweep keeps a block while its channel's ring is alive; see ``_shm_sweep``).
+Ownership travels with the record. The sender creates the block, named after the
+channel's creator (``conveyor_<creator pid>_<start>_oob<tag>_<token>``), and after
+publishing disowns it: the sender may exit at once, and the item still arrives (the
+stale-segment sweep keeps a block while its channel's ring is alive; see ``_shm_sweep``).
 The receiver maps the block and unlinks its name at once: the memory lives exactly as
 long as the receiver's mapping, i.e. until the numpy array built on it (zero copies on
 this side) is garbage. ``bytes`` and ``bytearray`` must own their memory, so the
@@ -88,9 +89,10 @@ def _wrap_large_bytes(obj: Any, depth: int = 4) -> Any:
     return obj
 
 
-def encode(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
-    """``item`` -> (record, flags, blocks). Raises :class:`SerializationError`.
+def encode(item: object, ring_name: str) -> tuple[bytes, int, list[Segment]]:
+    """``item`` -> (record, flags, blocks) for the channel ``ring_name``.
 
+    Raises :class:`SerializationError`.
     The caller publishes the record, then calls :func:`handed_over` on the blocks, or
     :func:`discard` if publishing failed.
     """
@@ -105,10 +107,10 @@ def encode(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
             if len(record) < THRESHOLD:
                 return record, 0, []
             # Large in band: perhaps large bytes inside a list, tuple or dict.
-    return _encode_large(item, tag)
+    return _encode_large(item, ring_name)
 
 
-def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
+def _encode_large(item: object, ring_name: str) -> tuple[bytes, int, list[Segment]]:
     views: list[memoryview] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -125,12 +127,18 @@ def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
         main = _cloudpickle(item, exc, keep)
     if not views:
         return main, 0, []
+    # Named after the channel's creator, not the sender: the block lives as long as the
+    # channel may deliver it, and a sweep by an older conveyor (which looks only at the
+    # owner in the name) keeps it while the channel's creator runs.
+    owner, _, tag = ring_name.rsplit("_", 2)
     blocks: list[Segment] = []
     try:
         for view in views:
             # Not reserved: pwrite fills every page and reports a full /dev/shm as an
             # error, and the receiver maps the block only once it is full.
-            blocks.append(Segment.create(view.nbytes, f"oob{tag}", reserved=False))
+            blocks.append(
+                Segment.create(view.nbytes, f"oob{tag}", reserved=False, owner=owner)
+            )
             _fill(blocks[-1].name, view)
     except BaseException:
         discard(blocks)

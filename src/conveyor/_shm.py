@@ -48,10 +48,16 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
-def new_name(kind: str = "seg") -> str:
-    """A fresh segment name that records this process as its owner."""
-    pid = os.getpid()
-    return f"{PREFIX}{pid}_{_start_time(pid)}_{kind}_{secrets.token_hex(4)}"
+def new_name(kind: str = "seg", owner: str | None = None) -> str:
+    """A fresh segment name that records this process (or ``owner``) as its owner.
+
+    ``owner``: the ``conveyor_<pid>_<start>`` part of another segment's name, for a
+    segment whose life is tied to that one's owner rather than to its maker's.
+    """
+    if owner is None:
+        pid = os.getpid()
+        owner = f"{PREFIX}{pid}_{_start_time(pid)}"
+    return f"{owner}_{kind}_{secrets.token_hex(4)}"
 
 
 def owner_alive(name: str) -> bool:
@@ -153,19 +159,22 @@ class Segment:
         )
 
     @classmethod
-    def create(cls, size: int, kind: str = "seg", *, reserved: bool = True) -> Segment:
+    def create(
+        cls, size: int, kind: str = "seg", *, reserved: bool = True, owner: str | None = None
+    ) -> Segment:
         """A new segment of ``size`` bytes, owned by this process.
 
         ``reserved``: set its pages aside now (see :func:`reserve`), so that writing
         into the mapping can never hit a full /dev/shm. A segment filled only with
         ``write``/``pwrite`` (which report a full disk as an error) can skip it.
+        ``owner``: name it after another owner (see :func:`new_name`).
         """
         if size < 0:
             raise ValueError(f"segment size must be >= 0, got {size}")
         from conveyor._shm_sweep import join_reaper
 
         join_reaper()  # before the segment exists: a kill right after it is covered
-        name = new_name(kind)
+        name = new_name(kind, owner)
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:

@@ -20,8 +20,9 @@ default action, which runs no Python code. Two things run it:
 * the **reaper**, a small process of our own, started with the first segment a process
   family makes. Family members (the starter, and children forked after it) hold the
   write end of a pipe whose read end is the reaper's stdin, and tell it their pid. When
-  the pipe reports end of file, every member is gone; the reaper sweeps what they owned,
-  waits for whatever is still mapped by others to be let go, and exits.
+  the pipe reports end of file, every member is gone or going; the reaper waits for them
+  to be gone, sweeps what they owned, waits for whatever is still mapped by others to be
+  let go, and exits.
 
 Why not multiprocessing's resource tracker, as ``SharedMemory`` uses? It unlinks by
 name when the family exits, with no idea of who still maps a segment or which channel a
@@ -211,8 +212,14 @@ def reap() -> None:
         for line in lines:
             pid, _, start = line.decode().partition(" ")
             members.add((pid, start))
+    # End of file comes when the last member's descriptors are closed, which the kernel
+    # does while that process is still exiting (not yet a zombie): it still reads as
+    # alive for a moment. A member that exec'd another program also closed its end and
+    # lives on. So sweep until every member is gone and nothing of theirs is mapped.
+    pause = 0.005
     while True:
         _, kept = sweep(members)
-        if not kept:
+        if not kept and not any(_start_time(int(pid)) == start for pid, start in members):
             return
-        time.sleep(LINGER_POLL)
+        time.sleep(pause)
+        pause = min(pause * 2, LINGER_POLL)
