@@ -48,13 +48,16 @@ def conveyor_segments() -> set[str]:
 
 
 def _singleton_pids() -> set[int | None]:
-    # The stdlib forkserver and resource tracker are process-wide singletons that
-    # outlive pools and segments on purpose.
+    # The stdlib forkserver and resource tracker, and conveyor's segment reaper, are
+    # process-wide singletons that outlive pools and segments on purpose.
     from multiprocessing import forkserver, resource_tracker
+
+    from conveyor import _shm_sweep
 
     return {
         getattr(forkserver._forkserver, "_forkserver_pid", None),
         getattr(resource_tracker._resource_tracker, "_pid", None),
+        _shm_sweep.reaper_pid or None,
     }
 
 

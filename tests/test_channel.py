@@ -344,6 +344,83 @@ def test_repr_and_statistics(make: MakeChannel) -> None:
     assert "qsize=1" in repr(ch)
 
 
+def _close_one(ch: Channel[Any]) -> None:
+    with ch:
+        ch.put("from a child")
+
+
+def test_repr_says_open_closed_or_cancelled(start_method: str) -> None:
+    ctx = mp.get_context(start_method)
+    ch: Channel[Any] = Channel(maxsize=5, senders=2)
+    name = ch._ring.name
+    assert repr(ch) == f"<Channel {name} open (0 of 2 senders closed) qsize=0 maxsize=5>"
+    p = ctx.Process(target=_close_one, args=(ch,))
+    p.start()
+    p.join(30)
+    assert repr(ch) == f"<Channel {name} open (1 of 2 senders closed) qsize=1 maxsize=5>"
+    ch.close()
+    assert repr(ch) == f"<Channel {name} closed (2 of 2 senders closed) qsize=1 maxsize=5>"
+    ch.cancel("stop")
+    assert repr(ch) == f"<Channel {name} cancelled qsize=1 maxsize=5>"
+    ch.unlink()
+    assert repr(ch) == f"<Channel {name} released>"
+    ch.close()  # close() after unlink() is a no-op
+    ch.unlink()
+    endless: Channel[Any] = Channel(senders=0)
+    assert "open (open-ended: no end of stream)" in repr(endless)
+    endless.unlink()
+
+
+def test_close_after_unlink_is_a_no_op() -> None:
+    ch: Channel[Any] = Channel()
+    ch.put(1)
+    other = ch.clone()
+    ch.unlink()
+    ch.close()
+    other.close()  # the same mapping in this process: released too
+    ch.close()
+
+
+def _fds_and_maps() -> tuple[int, int]:
+    with open("/proc/self/maps") as f:
+        maps = sum("/dev/shm/conveyor_" in line for line in f)
+    return len(os.listdir("/proc/self/fd")), maps
+
+
+def _open_and_drop(data: bytes, n: int) -> tuple[int, int]:
+    before = _fds_and_maps()
+    for _ in range(n):
+        handle = pickle.loads(data)
+        handle.qsize()
+        del handle
+    after = _fds_and_maps()
+    return after[0] - before[0], after[1] - before[1]
+
+
+def test_dropped_handles_close_their_descriptor_and_mapping(start_method: str) -> None:
+    import concurrent.futures
+
+    warm: Channel[Any] = Channel()  # starts whatever a first channel starts
+    warm.unlink()
+    before = _fds_and_maps()
+    tags = []
+    for _ in range(200):
+        ch: Channel[Any] = Channel()
+        ch.put(np.zeros(THRESHOLD // 8 + 1))  # a large item in flight: freed with the ring
+        tags.append(ch._ring.tag)
+        del ch
+    assert _fds_and_maps() == before
+    assert not [n for n in conveyor_segments() if any(tag in n for tag in tags)]
+    # A consumer that unpickles and drops many handles keeps none of them.
+    kept: Channel[Any] = Channel()
+    ctx = mp.get_context(start_method)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        data = pickle.dumps(kept)
+        ex.submit(_open_and_drop, data, 1).result(timeout=60)  # warm up the worker
+        assert ex.submit(_open_and_drop, data, 300).result(timeout=60) == (0, 0)
+    kept.unlink()
+
+
 # -- across processes ----------------------------------------------------------------------
 
 

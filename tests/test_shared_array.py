@@ -94,3 +94,13 @@ def test_view_outlives_close_safely() -> None:
     assert not segment_exists(a.name)
     assert view.sum() == 35  # still mapped: no crash after close
     del view
+
+
+def test_bad_shapes_name_the_size_asked_and_the_limit() -> None:
+    with pytest.raises(ValueError, match=r"shape \(4611686018427387904,\) and dtype float64 would need 36893488147419103232 bytes .* the limit is 9223372036854775807 bytes"):
+        conveyor.SharedArray((2**62,))
+    for bad in ((2.0,), 2.5, "3", (True, 2)):
+        with pytest.raises(TypeError, match="shape must be an int or a tuple of ints"):
+            conveyor.SharedArray(bad)  # type: ignore[arg-type]
+    with conveyor.SharedArray((np.int64(2), 3)) as a:
+        assert a.shape == (2, 3)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import os
 import pickle
 import random
+from typing import Any
 
 import cloudpickle
 import pytest
@@ -13,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import conveyor
-from conveyor._shm import segment_exists
+from conveyor._shm import SHM_DIR, segment_exists
 
 
 def count_words(d: conveyor.SharedDict, words: list[str]) -> int:
@@ -134,3 +136,56 @@ def test_pool_fills_a_dict(start_method: str) -> None:
         assert d[3199] == "v" * (3199 % 50)
         assert sorted(lst) == sorted(range(1000, 1200)) + sorted(range(2000, 2200)) + sorted(
             range(3000, 3200))
+
+
+def _allocated(name: str) -> int:
+    """Bytes /dev/shm holds for a segment (pages in use, not the file's length)."""
+    return os.stat(SHM_DIR / name).st_blocks * 512
+
+
+def _store_blobs(store: Any, keys: range, size: int) -> int:
+    for k in keys:
+        if isinstance(store, conveyor.SharedDict):
+            store[k] = bytes([k % 256]) * size
+        else:
+            store.append(bytes([k % 256]) * size)
+    return len(store)
+
+
+def _drop(store: Any, keys: range) -> int:
+    for k in keys:
+        if isinstance(store, conveyor.SharedDict):
+            del store[k]
+        else:
+            store.pop()
+    return len(store)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["dict", "list"])
+def test_memory_is_reused_and_given_back(kind: str, start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    blob = 100_000
+    with (conveyor.SharedDict() if kind == "dict" else conveyor.SharedList()) as store, \
+            concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        assert ex.submit(_store_blobs, store, range(400), blob).result() == 400  # 40 MB, by a worker
+        peak = _allocated(store.name)
+        assert peak >= 400 * blob
+        # Shrinking to a small fraction of the peak gives memory back, and the worker,
+        # which maps the longer file, goes on using it (no SIGBUS: it maps again).
+        assert ex.submit(_drop, store, range(390, 10, -1) if kind == "dict" else range(380)).result() == 20
+        assert _allocated(store.name) <= peak // 8
+        if kind == "dict":
+            assert store[5] == bytes([5]) * blob and store[399] == bytes([399 % 256]) * blob
+        else:
+            assert store[19] == bytes([19]) * blob
+        # Freed space is reused: storing and dropping the same amount again and again
+        # does not grow past the first peak.
+        for _ in range(3):
+            ex.submit(_store_blobs, store, range(1000, 1300), blob).result()
+            ex.submit(_drop, store, range(1000, 1300) if kind == "dict" else range(300)).result()
+            assert _allocated(store.name) <= peak
+        store.clear()
+        assert _allocated(store.name) <= 1 << 17 and len(store) == 0
+        assert ex.submit(_store_blobs, store, range(3), 10).result() == 3  # still usable there
+        assert len(store) == 3

@@ -13,11 +13,15 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 import conveyor
-from conveyor._shm import SHM_DIR, segment_exists
+from conveyor._shm import SHM_DIR, Segment, segment_exists
+from conveyor._shm_sweep import sweep_stale
 
 
 def run(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -163,3 +167,121 @@ def test_missing_numpy_names_the_extra() -> None:
             print(e)
     """)
     assert "pip install conveyor[numpy]" in r.stdout, r.stderr
+
+
+PRODUCER_EXITS = """
+    import multiprocessing as mp, subprocess, sys
+    import numpy as np
+    import conveyor
+
+    def produce(ch):
+        with ch:
+            ch.put(np.arange(100_000))   # a large item: a block of its own
+
+    if __name__ == "__main__":
+        ctx = mp.get_context(sys.argv[1])
+        ch = conveyor.Channel(senders=1)
+        p = ctx.Process(target=produce, args=(ch,))
+        p.start(); p.join()
+        # Creating a first shared object sweeps stale segments: here, and in an unrelated
+        # program. The producer is gone, but the channel and its receiver are alive.
+        subprocess.run([sys.executable, "-c", "import conveyor; conveyor.SharedDict().close()"],
+                       check=True)
+        conveyor.SharedDict().close()
+        item = ch.get(timeout=10)
+        assert item.sum() == sum(range(100_000)), item.sum()
+        print("ok", ch._ring.tag, flush=True)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_large_items_of_an_exited_producer_survive_the_sweep(method: str, tmp_path: Path) -> None:
+    script = tmp_path / "producer_exits.py"
+    script.write_text(textwrap.dedent(PRODUCER_EXITS))
+    r = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=80)
+    assert r.returncode == 0, r.stderr
+    word, tag = r.stdout.split()
+    assert word == "ok"
+    assert r.stderr == "", r.stderr  # no resource-tracker warnings at exit either
+    assert not [n for n in os.listdir(SHM_DIR) if tag in n]
+
+
+SIGTERMED = """
+    import multiprocessing as mp, os, sys, time
+    import numpy as np
+    import conveyor
+
+    def hold(d, ch, a):
+        parent = os.getppid()      # before telling the parent we are up: it dies after
+        d["child"] = os.getpid()   # the child maps them too; it ends with its parent
+        while os.getppid() == parent:
+            time.sleep(0.02)
+
+    if __name__ == "__main__":
+        d = conveyor.SharedDict({"a": 1})
+        a = conveyor.SharedArray((1000,))
+        c = conveyor.SharedCounter()
+        ch = conveyor.Channel()
+        ch.put(np.zeros(100_000))   # a large item nobody takes
+        p = mp.get_context(sys.argv[1]).Process(target=hold, args=(d, ch, a))
+        p.start()
+        while "child" not in d:
+            time.sleep(0.01)
+        print(d.name, a.name, c.lock.segment_name, ch._ring.name, flush=True)
+        time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_sigterm_frees_segments_without_resource_tracker_warnings(method: str, tmp_path: Path) -> None:
+    script = tmp_path / "sigtermed.py"
+    script.write_text(textwrap.dedent(SIGTERMED))
+    proc = subprocess.Popen(
+        [sys.executable, str(script), method], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    names = proc.stdout.readline().split()
+    assert len(names) == 4, proc.communicate(timeout=30)
+    tag = names[-1].rsplit("_", 1)[1]
+    assert any(f"_oob{tag}_" in n for n in os.listdir(SHM_DIR))
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)  # nothing keeps its stderr open afterwards
+    assert proc.returncode == -signal.SIGTERM
+    assert "leaked" not in err and "resource_tracker" not in err, err
+    deadline = time.monotonic() + 20
+    left = names
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [n for n in os.listdir(SHM_DIR) if any(n == x or tag in n for x in names)]
+    assert not left, left
+
+
+def _map_and_wait(name: str, mapped: Any, stop: Any) -> None:
+    seg = Segment.attach(name)
+    mapped.set()
+    stop.wait(30)
+    seg.close()
+
+
+def test_a_dead_owners_segment_is_kept_while_a_live_process_maps_it() -> None:
+    ctx = multiprocessing.get_context("spawn")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    name = f"conveyor_{int(dead.stdout)}_1_struct_0dead0ff"  # an owner that is gone
+    (SHM_DIR / name).write_bytes(b"\0" * 4096)
+    mapped, stop = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_map_and_wait, args=(name, mapped, stop))
+    p.start()
+    try:
+        assert mapped.wait(30)
+        assert name not in sweep_stale() and segment_exists(name)  # in use: kept
+        stop.set()
+        p.join(30)
+        assert name in sweep_stale() and not segment_exists(name)  # let go: removed
+    finally:
+        stop.set()
+        p.join(30)
+        if segment_exists(name):
+            os.unlink(SHM_DIR / name)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import cloudpickle
+import numpy as np
 import pytest
 
 import conveyor
@@ -290,3 +291,122 @@ def test_base_class_form_works_across_processes(start_method: str) -> None:
         assert ex.submit(_finish, job).result() == "render"
         assert (job.done, job.at.x, job.at.y) == (2, 7, 1.5)
         assert repr(job) == "Job(done=2, name='render', at=Point(x=7, y=1.5))"
+
+
+def _bad_update(s: Stats) -> str:
+    try:
+        s.update(processed=99, seconds=2.5, last="x", hist=iter([1, 2, 3, 4]), ok="bad")
+    except TypeError as exc:
+        return str(exc)
+    return "no error"
+
+
+def test_update_is_all_or_nothing_across_processes(start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    with Stats(processed=1) as s, concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=ctx
+    ) as ex:
+        message = ex.submit(_bad_update, s).result()
+        assert "Stats.ok is a bool" in message
+        # The good values before the bad one were not written either.
+        assert (s.processed, s.seconds, s.last, s.hist.tolist()) == (1, 0.0, "none", [0, 0, 0, 0])
+        with pytest.raises(ValueError, match=r"Stats\.where\.|holds at most"):
+            s.update(processed=5, where={"x": 3, "y": 0.5}, last="far too long")
+        with pytest.raises(TypeError, match="no field 'nope'"):
+            s.update(processed=5, nope=1)
+        with pytest.raises(TypeError, match=r"Point\.x is an int"):
+            s.where = {"y": 9.0, "x": "bad"}  # a nested struct assigned whole: all or nothing too
+        assert (s.processed, s.where.x, s.where.y) == (1, 0, 1.5)
+        # An iterator is consumed once, by the validation, and still written.
+        s.update(processed=2, hist=iter([1, 2, 3, 4]))
+        assert (s.processed, s.hist.tolist()) == (2, [1, 2, 3, 4])
+
+
+class Counts(conveyor.SharedStruct):
+    n: int
+    x: float
+    bins: Annotated[list[int], 2]
+    label: Annotated[str, 8]
+    at: Point
+
+
+def _try(fn: object) -> str:
+    try:
+        fn()  # type: ignore[operator]
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return "no error"
+
+
+def _misuse(c: Counts) -> list[str]:
+    """Bad input in a worker: every refusal leaves the struct unchanged."""
+    return [
+        _try(lambda: setattr(c, "n", True)),
+        _try(lambda: c.bins.__setitem__(0, False)),
+        _try(lambda: c.add("n", 1.5)),
+        _try(lambda: c.add("n", True)),
+        _try(lambda: c.add("x", "1")),
+    ]
+
+
+def test_bad_values_for_int_fields_are_refused_with_the_sum_named(start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    with Counts(n=1) as c, concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        bool_n, bool_bin, float_add, bool_add, str_add = ex.submit(_misuse, c).result()
+        assert bool_n.startswith("TypeError: field Counts.n is an int; cannot store bool True")
+        assert bool_bin.startswith("TypeError: field Counts.bins is an int; cannot store bool")
+        # The message is about the sum the field would have to hold, not the argument alone.
+        assert float_add == (
+            "TypeError: add('n', 1.5): field Counts.n is an int, and 1 + 1.5 = 2.5 is a float, "
+            "which it cannot hold; pass an int delta (or declare the field as float)"
+        )
+        assert bool_add == "TypeError: add('n', True): the delta must be a number for field Counts.n, not bool"
+        assert str_add.startswith("TypeError: add('x', '1'): the delta must be a number")
+        assert (c.n, c.bins.tolist()) == (1, [0, 0])
+        assert c.add("x", 2) == 2.0 and c.add("n", 2) == 3
+
+
+def test_any_use_of_a_closed_struct_says_it_was_closed() -> None:
+    c = Counts()
+    bins, at = c.bins, c.at
+    c.close()
+    uses = [
+        lambda: c.n, lambda: setattr(c, "n", 1), lambda: c.label, lambda: setattr(c, "label", "a"),
+        lambda: c.bins, lambda: bins[0], lambda: bins.__setitem__(0, 1), lambda: bins.tolist(),
+        lambda: c.at, lambda: at.x, lambda: setattr(at, "x", 1), lambda: c.add("n", 1),
+        lambda: c.add("x", 0.5), lambda: c.update(n=1), lambda: c.asdict(),
+        lambda: c.compare_and_set("n", 0, 1), lambda: c.lock.acquire(),
+    ]
+    for use in uses:
+        with pytest.raises(conveyor.SharedObjectClosedError, match=r"the shared struct Counts \(conveyor_.*\) was closed"):
+            use()
+    assert issubclass(conveyor.SharedObjectClosedError, ValueError)
+    assert repr(c) == "<Counts (closed)>"
+    c.close()  # still a no-op
+
+
+def _value_kinds() -> list[tuple[str, object]]:
+    out = []
+    for kind in ("int64", "int32", "float32", "float64", "<i8", "i", "d", int, float, np.int16, np.dtype("f8")):
+        with conveyor.SharedValue(kind) as v:
+            out.append((v._code, v.value))
+    return out
+
+
+def test_shared_value_takes_the_dtype_spellings_shared_array_takes(start_method: str) -> None:
+    ctx = multiprocessing.get_context(start_method)
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as ex:
+        kinds = ex.submit(_value_kinds).result()
+    assert [k for k, _ in kinds] == ["q", "q", "d", "d", "q", "q", "d", "q", "d", "q", "d"]
+    assert [type(v) for _, v in kinds] == [int, int, float, float, int, int, float, int, float, int, float]
+    with pytest.raises(TypeError, match="got 'complex128'"):
+        conveyor.SharedValue("complex128")
+    with conveyor.SharedValue("int64", 1) as v:
+        with pytest.raises(TypeError, match=r"1 \+ 1\.5 = 2\.5 is a float"):
+            v.add(1.5)
+        assert v.value == 1
+    v.close()
+    with pytest.raises(conveyor.SharedObjectClosedError, match=r"SharedValue .* was closed"):
+        _ = v.value
+    with pytest.raises(conveyor.SharedObjectClosedError, match=r"SharedValue .* was closed"):
+        v.add(1)

@@ -145,6 +145,46 @@ def test_member_returning_while_others_wait() -> None:
 def test_bad_size() -> None:
     with pytest.raises(ValueError, match="at least one"):
         conveyor.team(0, returns_early)
+    for bad in ("2", 2.0, True, None):
+        with pytest.raises(TypeError, match=rf"n is the number of members .* got {type(bad).__name__} {bad!r}"):
+            conveyor.team(bad, returns_early)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"fn must be a function of .* got int 3"):
+        conveyor.team(2, 3)  # type: ignore[arg-type]
+
+
+EXIT_IN_MEMBER = """
+import sys, time
+import conveyor
+
+def member(ctx):
+    if ctx.rank == 1:
+        sys.exit(int(sys.argv[2]))
+    ctx.barrier()  # rank 0 learns of the exit here
+    return ctx.rank
+
+if __name__ == "__main__":
+    if sys.argv[3] == "catch":
+        try:
+            conveyor.team(2, member, start_method=sys.argv[1])
+        except SystemExit as exc:
+            print("caught", exc.code, type(exc.__cause__).__name__, flush=True)
+    else:
+        conveyor.team(2, member, start_method=sys.argv[1])
+        print("not reached")
+"""
+
+
+@pytest.mark.timeout(60)
+def test_sys_exit_in_a_member_exits_the_caller(start_method: str, tmp_path: Path) -> None:
+    # Documented: a member's sys.exit(code) stops the team and raises SystemExit(code)
+    # in the caller, as ProcessPoolExecutor does for a task's sys.exit.
+    script = tmp_path / "exit_in_member.py"
+    script.write_text(EXIT_IN_MEMBER)
+    run = [sys.executable, str(script), start_method]
+    r = subprocess.run([*run, "5", "uncaught"], capture_output=True, text=True, timeout=50)
+    assert (r.returncode, r.stdout) == (5, ""), r.stderr
+    r = subprocess.run([*run, "7", "catch"], capture_output=True, text=True, timeout=50)
+    assert (r.returncode, r.stdout.split()) == (0, ["caught", "7", "RemoteTraceback"]), r.stderr
 
 
 def test_ctrl_c_stops_every_member() -> None:

@@ -68,6 +68,8 @@ if TYPE_CHECKING:
     from conveyor.errors import RemoteTraceback as RemoteTraceback
     from conveyor.errors import ResultTimeoutError as ResultTimeoutError
     from conveyor.errors import SerializationError as SerializationError
+    from conveyor.errors import SharedMemoryFullError as SharedMemoryFullError
+    from conveyor.errors import SharedObjectClosedError as SharedObjectClosedError
     from conveyor.errors import TaskTimeoutError as TaskTimeoutError
     from conveyor.errors import TeamBrokenError as TeamBrokenError
     from conveyor.errors import TeamMemberLostError as TeamMemberLostError
@@ -118,6 +120,8 @@ _EXPORTS: dict[str, str] = {
     "RemoteTraceback": "conveyor.errors",
     "ResultTimeoutError": "conveyor.errors",
     "SerializationError": "conveyor.errors",
+    "SharedMemoryFullError": "conveyor.errors",
+    "SharedObjectClosedError": "conveyor.errors",
     "TaskTimeoutError": "conveyor.errors",
     "TeamBrokenError": "conveyor.errors",
     "TeamMemberLostError": "conveyor.errors",
@@ -154,6 +158,8 @@ __all__ = [
     "SharedDict",
     "SharedFieldArray",
     "SharedList",
+    "SharedMemoryFullError",
+    "SharedObjectClosedError",
     "SharedStruct",
     "SharedValue",
     "StageStatistics",

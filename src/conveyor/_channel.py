@@ -20,7 +20,9 @@ A handle is small: pickling one sends the ring's name, and unpickling maps it (o
 process). Each handle, the creator's and every copy, counts at most one close. The
 creator's handle owns the shared memory: it is unlinked by :meth:`Channel.unlink`,
 when that handle is garbage, at interpreter exit (Ctrl-C included), and by the
-resource tracker if the creator is killed.
+stale-segment sweep if the creator is killed (once no live process maps the ring; see
+``_shm_sweep``). Large items outlive their sender: a producer may exit right after
+``put``.
 
 Known limits: a sender that dies before its first ``put`` was never seen, so it cannot
 be reported (receivers wait; give them a ``timeout`` or ``cancel()``); a process that
@@ -183,7 +185,7 @@ class Channel(Generic[T]):
                 if 0 < len(record) <= self._fast_limit:
                     records.append((record, 0))
                     continue
-                record, flags, new = _oob.encode(item, ring.tag)
+                record, flags, new = _oob.encode(item, ring.name)
                 blocks += new
                 if ring.record_size(len(record)) > ring.capacity:
                     raise ValueError(
@@ -229,6 +231,8 @@ class Channel(Generic[T]):
         if self._closed:
             return
         self._closed = True
+        if self._ring.seg.closed:
+            return  # after unlink(): nothing left to count the close in
         slot = self._slot if self._send_pid == PROCESS.pid else -1
         self._send_pid = 0
         self._ring.close_sender(slot)
@@ -374,11 +378,17 @@ class Channel(Generic[T]):
         ring = self._ring
         if ring.seg.closed:
             return f"<Channel {ring.name} released>"
-        return (
-            f"<Channel {ring.name} qsize={ring.qsize()} maxsize={ring.maxsize} "
-            f"senders={ring.closed_senders()}/{ring.senders} closed>"
-        )
-
+        closed, senders = ring.closed_senders(), ring.senders
+        if ring.broken:
+            err = ring.broken_error()
+            state = "cancelled" if err.reason == "cancelled" else f"broken ({err.reason})"
+        elif not senders:
+            state = "open (open-ended: no end of stream)"
+        elif closed >= senders:
+            state = f"closed ({closed} of {senders} senders closed)"
+        else:
+            state = f"open ({closed} of {senders} senders closed)"
+        return f"<Channel {ring.name} {state} qsize={ring.qsize()} maxsize={ring.maxsize}>"
 
 def _reopen(name: str) -> Channel[Any]:
     channel: Channel[Any] = Channel.__new__(Channel)

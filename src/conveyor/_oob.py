@@ -12,27 +12,29 @@ protocol 5 hands us the buffer (numpy's ``__reduce_ex__`` does so by itself; lar
 kernel, about twice as fast here as faulting in a fresh mapping and copying into it),
 and the record carries the small pickle plus the blocks' names.
 
-Ownership travels with the record. The sender creates the block and after publishing
-disowns it, but leaves it registered with the resource tracker, which the process
-family shares: whoever is killed when, a block nobody took is unlinked at the latest
-when the family exits.
+Ownership travels with the record. The sender creates the block, named after the
+channel's creator (``conveyor_<creator pid>_<start>_oob<tag>_<token>``), and after
+publishing disowns it: the sender may exit at once, and the item still arrives (the
+stale-segment sweep keeps a block while its channel's ring is alive; see ``_shm_sweep``).
 The receiver maps the block and unlinks its name at once: the memory lives exactly as
 long as the receiver's mapping, i.e. until the numpy array built on it (zero copies on
 this side) is garbage. ``bytes`` and ``bytearray`` must own their memory, so the
 receiver copies those once and the block goes immediately. Blocks nobody received
 (the channel was dropped with items in it, or a receiver died between taking the
 record and mapping the block) carry the channel's tag in their name and are swept
-when the channel's creator releases the ring.
+when the channel's creator releases the ring, or, if it was killed, when the ring is
+swept.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 from contextlib import suppress
 from typing import Any
 
-from conveyor._shm import SHM_DIR, Segment, _untrack
+from conveyor._shm import SHM_DIR, Segment, space_error
 from conveyor.errors import ChannelBroken, SerializationError, short_repr
 
 THRESHOLD = 256 * 1024
@@ -87,9 +89,10 @@ def _wrap_large_bytes(obj: Any, depth: int = 4) -> Any:
     return obj
 
 
-def encode(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
-    """``item`` -> (record, flags, blocks). Raises :class:`SerializationError`.
+def encode(item: object, ring_name: str) -> tuple[bytes, int, list[Segment]]:
+    """``item`` -> (record, flags, blocks) for the channel ``ring_name``.
 
+    Raises :class:`SerializationError`.
     The caller publishes the record, then calls :func:`handed_over` on the blocks, or
     :func:`discard` if publishing failed.
     """
@@ -104,10 +107,10 @@ def encode(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
             if len(record) < THRESHOLD:
                 return record, 0, []
             # Large in band: perhaps large bytes inside a list, tuple or dict.
-    return _encode_large(item, tag)
+    return _encode_large(item, ring_name)
 
 
-def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
+def _encode_large(item: object, ring_name: str) -> tuple[bytes, int, list[Segment]]:
     views: list[memoryview] = []
 
     def keep(buf: pickle.PickleBuffer) -> bool:
@@ -124,10 +127,18 @@ def _encode_large(item: object, tag: str) -> tuple[bytes, int, list[Segment]]:
         main = _cloudpickle(item, exc, keep)
     if not views:
         return main, 0, []
+    # Named after the channel's creator, not the sender: the block lives as long as the
+    # channel may deliver it, and a sweep by an older conveyor (which looks only at the
+    # owner in the name) keeps it while the channel's creator runs.
+    owner, _, tag = ring_name.rsplit("_", 2)
     blocks: list[Segment] = []
     try:
         for view in views:
-            blocks.append(Segment.create(view.nbytes, f"oob{tag}"))
+            # Not reserved: pwrite fills every page and reports a full /dev/shm as an
+            # error, and the receiver maps the block only once it is full.
+            blocks.append(
+                Segment.create(view.nbytes, f"oob{tag}", reserved=False, owner=owner)
+            )
             _fill(blocks[-1].name, view)
     except BaseException:
         discard(blocks)
@@ -156,19 +167,18 @@ def _fill(name: str, view: memoryview) -> None:
         done = 0
         while done < view.nbytes:
             done += os.pwrite(fd, view[done:], done)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise space_error(view.nbytes, "a large channel item", pending=done) from None
+        raise
     finally:
         os.close(fd)
 
 
 def handed_over(blocks: list[Segment]) -> None:
-    """The record is published: the receiver owns the blocks now.
-
-    They stay registered with the resource tracker (shared by the process family), so
-    a block whose receiver never comes is still unlinked when the family exits even if
-    everyone was killed; the receiver unregisters what it takes.
-    """
+    """The record is published: the receiver owns the blocks now (module docstring)."""
     for block in blocks:
-        block.disown(untrack=False)
+        block.disown()
         block.close()
 
 
@@ -212,7 +222,6 @@ def _take_blocks(names: list[tuple[str, int]]) -> list[memoryview]:
         # when the last view of our mapping does.
         with suppress(FileNotFoundError):
             os.unlink(SHM_DIR / name)
-        _untrack(name)
         views.append(block.buf[:size])
     if missing:
         raise ChannelBroken(
@@ -234,4 +243,3 @@ def sweep_blocks(tag: str) -> None:
     for name in names:
         with suppress(OSError):
             os.unlink(SHM_DIR / name)
-            _untrack(name)

@@ -110,7 +110,12 @@ class Ring:
         if magic != MAGIC:
             raise ChannelBroken(f"shared memory {self.name} is not a conveyor channel", "gone")
         self.tag = self.name.rsplit("_", 1)[1]
-        self._fd = os.open(SHM_DIR / self.name, os.O_RDWR)
+        self._fd = os.open(SHM_DIR / self.name, os.O_RDWR | os.O_CLOEXEC)
+        # A handle dropped without unlink() must not keep its descriptor (the mapping goes
+        # with the memoryviews). Only this process's last Ring for the name closes it:
+        # open_ring keeps one per process, and closing any descriptor of the file would
+        # drop the record locks this process holds on it.
+        self._fd_closer = weakref.finalize(self, _close_quietly, self._fd)
         self._start = peers.my_start()
         self._sweeper: weakref.finalize[[str], Ring] | None = None
         self._send_tlock = threading.Lock()
@@ -494,7 +499,7 @@ class Ring:
         self._w.release()
         self._data.release()
         self._w = _Released()  # type: ignore[assignment]  # every operation reads _w first
-        os.close(self._fd)
+        self._fd_closer()
         self.seg.close()
         if self._sweeper is not None:
             self._sweeper()
@@ -509,10 +514,17 @@ class Ring:
         self._recv_registered = False
         self._head_seen = self._tail_seen = 0
         self._tail_mine = -1
-        self.seg.disown(untrack=False)
+        self.seg.disown()
         if self._sweeper is not None:
             self._sweeper.detach()
             self._sweeper = None
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 class _Released:

@@ -8,6 +8,8 @@ map it, and writes made there are seen by everyone. numpy is imported on first u
 from __future__ import annotations
 
 import math
+import operator
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,9 +38,7 @@ class SharedArray:
 
     def __init__(self, shape: int | tuple[int, ...], dtype: Any = "float64", *, order: str = "C") -> None:
         np = import_numpy()
-        shape_t = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
-        if any(n < 0 for n in shape_t):
-            raise ValueError(f"SharedArray shape must not be negative; got {shape_t}")
+        shape_t = _check_shape(shape)
         dt = np.dtype(dtype)
         if dt.hasobject:
             raise TypeError(
@@ -48,6 +48,12 @@ class SharedArray:
         if order not in ("C", "F"):
             raise ValueError(f"order must be 'C' or 'F'; got {order!r}")
         nbytes = math.prod(shape_t) * dt.itemsize
+        if nbytes > sys.maxsize:
+            raise ValueError(
+                f"SharedArray of shape {shape_t} and dtype {dt} would need {nbytes} bytes "
+                f"({nbytes / 2**30:.3g} GiB); the limit is {sys.maxsize} bytes, the largest "
+                "mapping a process can ask for (in practice, the free space of /dev/shm)"
+            )
         self._setup(create_segment(nbytes, "array"), shape_t, dt, order)
 
     def _setup(self, seg: Segment, shape: tuple[int, ...], dtype: Any, order: str) -> None:
@@ -146,6 +152,25 @@ class SharedArray:
     def __repr__(self) -> str:
         state = " closed" if self.closed else ""
         return f"<SharedArray shape={self._shape} dtype={self._dtype}{state} {self._seg.name}>"
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints >= 0, or a TypeError/ValueError naming the bad part."""
+    dims = (shape,) if not isinstance(shape, (tuple, list)) else tuple(shape)
+    out = []
+    for n in dims:
+        try:
+            if isinstance(n, bool):
+                raise TypeError
+            out.append(operator.index(n))
+        except TypeError:
+            raise TypeError(
+                f"SharedArray shape must be an int or a tuple of ints; got {shape!r} "
+                f"({type(n).__name__} {n!r} in it)"
+            ) from None
+    if any(n < 0 for n in out):
+        raise ValueError(f"SharedArray shape must not be negative; got {tuple(out)}")
+    return tuple(out)
 
 
 def _attach_array(name: str, shape: tuple[int, ...], dtype: str, order: str) -> SharedArray:

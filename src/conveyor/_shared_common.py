@@ -5,10 +5,11 @@ Ownership
 The process that creates a shared object (struct, value, array, dict, list) owns its
 segment and is the only one that unlinks it: on ``close()``, at the end of its ``with``
 block, when the object is garbage-collected, at interpreter exit (also after an exception
-or Ctrl-C), or, after SIGKILL, through the resource tracker or the next run's sweep (the
-first segment a process creates sweeps segments whose owner is gone). Every other process
-gets a pickled handle and attaches; it never unlinks, and it bypasses the resource tracker
-(which before Python 3.13 would unlink the segment when the *attaching* process exits).
+or Ctrl-C), or, after SIGKILL or SIGTERM, by the reaper its process family started or
+the next run's sweep, once no live process maps it any more (see ``_shm_sweep``). Every
+other process gets a pickled handle and attaches; it never unlinks, and it bypasses the
+resource tracker (which before Python 3.13 would unlink the segment when the *attaching*
+process exits).
 A forked child inherits owner objects but is disowned at fork, so it never unlinks either.
 
 Consequence: create shared objects in the process that outlives their use (usually the
@@ -51,8 +52,9 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-from conveyor import _shm
+from conveyor import _shm_sweep
 from conveyor._shm import SHM_DIR, Segment
+from conveyor.errors import SharedObjectClosedError
 
 # struct flock on Linux (x86-64 and aarch64): short l_type, short l_whence, off_t l_start,
 # off_t l_len, pid_t l_pid, padding. l_pid must be 0 for OFD locks.
@@ -77,7 +79,7 @@ def create_segment(size: int, kind: str) -> Segment:
     with _sweep_lock:
         if not _swept:
             _swept = True
-            _shm.sweep_stale()
+            _shm_sweep.sweep_stale()
     seg = Segment.create(size, kind)
     _owned_segments.add(seg)
     return seg
@@ -133,6 +135,7 @@ class SegmentLock:
         self._lock_args = _FLOCK.pack(fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
         self._unlock_args = _FLOCK.pack(fcntl.F_UNLCK, os.SEEK_SET, offset, 1, 0)
         self._fd = -1
+        self._closed_reason = f"the lock of segment {segment_name!r} was closed in this process"
         self._open()
         self._thread_lock = threading.Lock()
         self._owner: int | None = None
@@ -164,7 +167,7 @@ class SegmentLock:
             self._depth += 1
             return True
         if self._fd < 0:
-            raise ValueError(f"the lock of segment {self.segment_name!r} is closed")
+            raise SharedObjectClosedError(self._closed_reason)
         if blocking and (timeout is None or timeout < 0):
             self._thread_lock.acquire()
             try:
@@ -223,9 +226,12 @@ class SegmentLock:
         """Whether the calling thread holds this lock."""
         return self._owner == threading.get_ident()
 
-    def close(self) -> None:
+    def close(self, reason: str | None = None) -> None:
+        """Close the descriptor; later acquires raise ``SharedObjectClosedError(reason)``."""
         self._finalizer()
         self._fd = -1
+        if reason:
+            self._closed_reason = reason
 
     def __enter__(self) -> SegmentLock:
         self.acquire()
@@ -244,6 +250,14 @@ class SegmentLock:
     def __repr__(self) -> str:
         state = "held" if self._owner is not None else "free here"
         return f"<SegmentLock {self.segment_name}@{self.offset} {state}>"
+
+
+def closed_error(what: str) -> SharedObjectClosedError:
+    """The error for any use of a shared object after ``close()`` in this process."""
+    return SharedObjectClosedError(
+        f"{what} was closed in this process (close() or the end of its with block) "
+        "and cannot be used any more; keep it open while you use it"
+    )
 
 
 def _close_fd(fd: int) -> None:

@@ -149,6 +149,7 @@ class SharedDict(Store, MutableMapping[Any, Any]):
         SLOT.pack_into(self._buf, slot, 0, DELETED)
         self._set(F_COUNT, self._get(F_COUNT) - 1)
         self._set(F_GARBAGE, self._get(F_GARBAGE) + self._entry_size(off))
+        self._maybe_compact()
 
     # -- the mapping protocol -------------------------------------------------------------
 

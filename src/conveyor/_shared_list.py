@@ -118,6 +118,7 @@ class SharedList(Store, MutableSequence[Any]):
             self._buf[self._slot(j) : self._slot(j) + len(tail)] = tail
             self._set(F_COUNT, n - 1)
             self._set(F_GARBAGE, self._get(F_GARBAGE) + self._entry_size(off))
+            self._maybe_compact()
 
     def _replace_all(self, items: list[Any]) -> None:
         self._set(F_COUNT, 0)

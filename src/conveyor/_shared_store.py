@@ -15,9 +15,14 @@ Segment layout (all integers little-endian uint64)::
     list index   index_cap entry offsets, the first ``count`` in list order
 
 Replaced and deleted entries become garbage. When the heap is full, the structure is
-rebuilt compactly if at least half of it is garbage, and otherwise the file is grown with
-``ftruncate`` under the lock; the name does not change, so ownership does not either, and
-other processes notice the new ``file_size`` in the header and map the file again.
+rebuilt compactly if at least half of it is garbage (the freed space is reused), and
+otherwise the file is grown with ``ftruncate`` under the lock, its new pages reserved
+(``posix_fallocate``: a full /dev/shm is an error, not SIGBUS). The name does not
+change, so ownership does not either, and other processes notice the new ``file_size``
+in the header and map the file again. Memory goes back to the system too: ``clear()``,
+and removals that leave three quarters of a large heap as garbage, rebuild it, and a
+file four times larger than the live data needs is cut down (the same header check
+makes other processes map it again before they touch it).
 
 Consistency: every operation holds the lock, so processes never see each other's partial
 updates. Ctrl-C and SIGTERM are deferred while the structure is being rebuilt. A process
@@ -41,8 +46,8 @@ import struct
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from conveyor._shared_common import SegmentLock, create_segment
-from conveyor._shm import SHM_DIR, Segment
+from conveyor._shared_common import SegmentLock, closed_error, create_segment
+from conveyor._shm import SHM_DIR, Segment, reserve
 
 T = TypeVar("T")
 
@@ -68,6 +73,12 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# A file over SHRINK_FLOOR bytes that is SHRINK_RATIO times what its live data needs is
+# cut down when it is rebuilt (by clear(), or once removals leave mostly garbage).
+SHRINK_FLOOR = 1 << 16
+SHRINK_RATIO = 4
 
 
 def aligned(n: int) -> int:
@@ -121,12 +132,44 @@ class Store:
             old.close()
 
     def _grow(self, needed_top: int) -> None:
-        size = self._get(F_SIZE)
+        old = size = self._get(F_SIZE)
         while size < needed_top:
             size *= 2
+        fd = os.open(SHM_DIR / self._seg.name, os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, size)
+            try:
+                # Set the new pages aside first: a store into a page /dev/shm cannot
+                # supply is SIGBUS, not an exception. On a shortage nothing has changed.
+                reserve(fd, old, size - old, f"a {type(self).__name__} growing to {size} bytes")
+            except BaseException:
+                os.ftruncate(fd, old)
+                raise
+        finally:
+            os.close(fd)
+        self._set(F_SIZE, size)
+        self._remap()
+
+    def _shrink(self, size: int) -> None:
+        """Cut the file down to ``size`` bytes (under the lock, nothing live beyond it).
+
+        Other processes still map the old length, but they touch the heap only under
+        the lock and after :meth:`_sync`, which sees the new ``F_SIZE`` and maps again
+        first, so none of them touches a page past the end (that would be SIGBUS).
+        """
         os.truncate(SHM_DIR / self._seg.name, size)
         self._set(F_SIZE, size)
         self._remap()
+
+    def _maybe_compact(self) -> None:
+        """After a removal: rebuild once garbage dominates a large heap, and shrink.
+
+        Amortised: the rebuild copies the live entries, which are at most a third of
+        the garbage that had to pile up for it, so each removal pays O(1) on average.
+        """
+        top = self._get(F_TOP)
+        if top > SHRINK_FLOOR and self._get(F_GARBAGE) * 4 >= (top - _HEADER_SIZE) * 3:
+            self._rebuild(8)  # the index is sized again for what is left
 
     def _reserve(self, nbytes: int) -> None:
         """Make room for ``nbytes`` more heap bytes; may rebuild, so call before locating."""
@@ -200,10 +243,18 @@ class Store:
         raise NotImplementedError
 
     def _reset_heap(self, index_bytes: int, live_bytes: int, extra: int) -> int:
-        """Empty the heap and place a zeroed index of ``index_bytes`` at its start."""
+        """Empty the heap and place a zeroed index of ``index_bytes`` at its start.
+
+        The caller has copied the live entries out and writes them back compactly from
+        there, so everything beyond ``needed`` is free: a file much larger than that is
+        cut down, which gives the memory back to the system.
+        """
         needed = _HEADER_SIZE + index_bytes + live_bytes + extra
-        if needed > self._get(F_SIZE):
+        size = self._get(F_SIZE)
+        if needed > size:
             self._grow(needed)
+        elif size > SHRINK_FLOOR and needed * SHRINK_RATIO <= size:
+            self._shrink(max(SHRINK_FLOOR, 1 << (2 * needed - 1).bit_length()))
         self._buf[_HEADER_SIZE : _HEADER_SIZE + index_bytes] = bytes(index_bytes)
         self._set(F_TOP, _HEADER_SIZE + aligned(index_bytes))
         self._set(F_GARBAGE, 0)
@@ -211,7 +262,7 @@ class Store:
 
     def close(self) -> None:
         """Unmap; in the creating process also free the shared memory. Safe to call twice."""
-        self._lock.close()
+        self._lock.close(str(closed_error(f"the {type(self).__name__} {self._seg.name}")))
         if self._map is not self._seg:
             self._map.close()
         self._seg.close()

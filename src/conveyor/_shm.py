@@ -1,38 +1,40 @@
-"""Shared-memory segments: names, ownership, attaching, and sweeping stale ones.
+"""Shared-memory segments: names, ownership, attaching, reserving space.
 
-Every segment conveyor makes is named ``conveyor_<pid>_<starttime>_<token>``: the pid and
-the kernel start time of the process that owns it. A segment whose owner is gone (the
-pid is dead, or now belongs to a process that started at another time) is stale, and
-:func:`sweep_stale` removes it.
+Every segment conveyor makes is named ``conveyor_<pid>_<starttime>_<kind>_<token>``: the
+pid and the kernel start time of the process that owns it. A segment whose owner is gone
+(the pid is dead, or now belongs to a process that started at another time) and that no
+live process can reach any more is stale; ``_shm_sweep`` removes those.
 
 Ownership: exactly one :class:`Segment` per name is the owner (``create=True``); it is
 the only one that unlinks. Other processes :meth:`Segment.attach` and never unlink.
 
-Two safety nets catch an owner that cannot run its cleanup:
+An owner that cannot run its cleanup (SIGKILL, or SIGTERM's default action) is covered by
+``_shm_sweep``: the reaper process its family started sweeps when the family is gone,
+and the next run's :func:`~conveyor._shm_sweep.sweep_stale` catches the rest.
 
-* the owner registers the name with multiprocessing's resource tracker (as the standard
-  ``SharedMemory`` does), whose separate process unlinks it when the owner dies, even by
-  SIGKILL;
-* the next run's :func:`sweep_stale` removes whatever is still there.
-
-Attaching deliberately bypasses ``multiprocessing.shared_memory.SharedMemory``: before
-Python 3.13 it registered attached segments with the resource tracker too, which then
-unlinked them when the *attaching* process exited (bpo-39959, gh-82300), and warned about
-"leaked" segments it did not own.
+multiprocessing's ``SharedMemory`` and resource tracker are bypassed on purpose: before
+Python 3.13 attaching registered the segment with the tracker, which then unlinked it
+when the *attaching* process exited (bpo-39959, gh-82300); and the tracker warns about
+"leaked" segments that conveyor frees itself (see ``_shm_sweep``).
 """
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import secrets
 import stat
 import weakref
-from multiprocessing import resource_tracker
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported when needed: the reaper process imports this module
+    from conveyor.errors import SharedMemoryFullError
 
 SHM_DIR = Path("/dev/shm")
 PREFIX = "conveyor_"
+_KINDS = {"chan": "channel", "seg": "segment", "teamstate": "team state"}
 
 
 def _start_time(pid: int) -> str | None:
@@ -46,10 +48,16 @@ def _start_time(pid: int) -> str | None:
     return fields[19]
 
 
-def new_name(kind: str = "seg") -> str:
-    """A fresh segment name that records this process as its owner."""
-    pid = os.getpid()
-    return f"{PREFIX}{pid}_{_start_time(pid)}_{kind}_{secrets.token_hex(4)}"
+def new_name(kind: str = "seg", owner: str | None = None) -> str:
+    """A fresh segment name that records this process (or ``owner``) as its owner.
+
+    ``owner``: the ``conveyor_<pid>_<start>`` part of another segment's name, for a
+    segment whose life is tied to that one's owner rather than to its maker's.
+    """
+    if owner is None:
+        pid = os.getpid()
+        owner = f"{PREFIX}{pid}_{_start_time(pid)}"
+    return f"{owner}_{kind}_{secrets.token_hex(4)}"
 
 
 def owner_alive(name: str) -> bool:
@@ -61,31 +69,53 @@ def owner_alive(name: str) -> bool:
         return True  # not one of ours in the expected form: leave it alone
 
 
-def sweep_stale() -> list[str]:
-    """Unlink conveyor segments whose owner process is gone. Returns the names removed."""
-    removed: list[str] = []
+def _size_text(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n} bytes ({n / scale:.1f} {unit})"
+    return f"{n} bytes"
+
+
+def space_error(requested: int, what: str, pending: int = 0) -> SharedMemoryFullError:
+    """The error for a segment that does not fit: the size asked, the space free, the mount.
+
+    ``pending``: bytes of the failed attempt still held, about to be freed (not "used").
+    """
+    from conveyor.errors import SharedMemoryFullError
     try:
-        entries = list(SHM_DIR.iterdir())
+        st = os.statvfs(SHM_DIR)
+        free = st.f_bavail * st.f_frsize + pending
+        total = st.f_blocks * st.f_frsize
     except OSError:
-        return removed
-    for entry in entries:
-        if entry.name.startswith(PREFIX) and not owner_alive(entry.name):
-            # No resource_tracker.unregister here: the dead owner registered the name with
-            # *its* tracker, not ours, and unregistering an unknown name makes our tracker
-            # print a KeyError traceback for every segment swept.
-            try:
-                entry.unlink()
-                removed.append(entry.name)
-            except OSError:
-                pass
-    return removed
+        free = total = 0
+    return SharedMemoryFullError(
+        f"not enough shared memory for {what}: asked for {_size_text(requested)}, but "
+        f"{SHM_DIR} has {_size_text(free)} free (of {_size_text(total)}); free some, or "
+        f"enlarge {SHM_DIR} (in Docker: --shm-size)",
+        requested,
+        free,
+        str(SHM_DIR),
+    )
 
 
-def _untrack(name: str) -> None:
+def reserve(fd: int, offset: int, length: int, what: str) -> None:
+    """Make the kernel set aside the pages of ``[offset, offset + length)`` now.
+
+    A tmpfs file is sparse: pages are found on first touch, and when /dev/shm is full
+    that touch, a plain store into the mapping, gets SIGBUS and kills the process with no
+    traceback. Reserving them when the segment is created or grown turns that into an
+    error here, before anything is written. Raises :class:`SharedMemoryFullError`.
+    """
+    if length <= 0:
+        return
     try:
-        resource_tracker.unregister("/" + name, "shared_memory")
-    except Exception:  # the tracker may be gone at interpreter exit; nothing to undo then
-        pass
+        os.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+            raise space_error(length, what) from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # A file system that cannot reserve: pages come on first touch, as before.
 
 
 def _unlink_owned(name: str, mm: mmap.mmap | None) -> None:
@@ -99,7 +129,6 @@ def _unlink_owned(name: str, mm: mmap.mmap | None) -> None:
         os.unlink(SHM_DIR / name)
     except FileNotFoundError:
         pass
-    _untrack(name)
 
 
 class Segment:
@@ -130,15 +159,28 @@ class Segment:
         )
 
     @classmethod
-    def create(cls, size: int, kind: str = "seg") -> Segment:
+    def create(
+        cls, size: int, kind: str = "seg", *, reserved: bool = True, owner: str | None = None
+    ) -> Segment:
+        """A new segment of ``size`` bytes, owned by this process.
+
+        ``reserved``: set its pages aside now (see :func:`reserve`), so that writing
+        into the mapping can never hit a full /dev/shm. A segment filled only with
+        ``write``/``pwrite`` (which report a full disk as an error) can skip it.
+        ``owner``: name it after another owner (see :func:`new_name`).
+        """
         if size < 0:
             raise ValueError(f"segment size must be >= 0, got {size}")
-        name = new_name(kind)
+        from conveyor._shm_sweep import join_reaper
+
+        join_reaper()  # before the segment exists: a kill right after it is covered
+        name = new_name(kind, owner)
         path = SHM_DIR / name
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
         try:
-            resource_tracker.register("/" + name, "shared_memory")
             os.ftruncate(fd, max(size, 1))
+            if reserved:
+                reserve(fd, 0, max(size, 1), f"a new shared {_KINDS.get(kind, kind)}")
             mm = mmap.mmap(fd, max(size, 1))
         except BaseException:
             os.close(fd)
@@ -177,20 +219,15 @@ class Segment:
             except BufferError:
                 pass
 
-    def disown(self, *, untrack: bool = True) -> None:
+    def disown(self) -> None:
         """Give up ownership: this process will no longer unlink the name.
 
         For handing a segment to another process that unlinks it (a channel's large
         items), and for a forked child that inherited its parent's owner object.
-        ``untrack=False`` leaves the resource tracker's entry alone: a forked child
-        shares its parent's tracker, and unregistering there would drop the parent's
-        safety net.
         """
         if self._finalizer is not None:
             self._finalizer.detach()
             self._finalizer = None
-            if untrack:
-                _untrack(self.name)
         self.owner = False
 
     @property

@@ -20,11 +20,12 @@ Pickling sends a handle (class, segment name, offset) and re-attaches on the oth
 
 from __future__ import annotations
 
+import numbers
 import typing
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
-from conveyor._shared_common import SegmentLock, create_segment
+from conveyor._shared_common import SegmentLock, closed_error, create_segment
 from conveyor._shm import Segment
 from conveyor._struct_fields import (
     RESERVED,
@@ -51,10 +52,18 @@ class _Descriptor:
     def __get__(self, obj: Any, objtype: type | None = None) -> Any:
         if obj is None:
             return self
-        return self.field.get(obj._cv_buf, obj._cv_base)
+        try:
+            return self.field.get(obj._cv_buf, obj._cv_base)
+        except ValueError:  # a released buffer: say why (a try costs nothing until it raises)
+            obj._cv_root.check_open()
+            raise
 
     def __set__(self, obj: Any, value: Any) -> None:
-        self.field.set(obj._cv_buf, obj._cv_base, value)
+        try:
+            self.field.set(obj._cv_buf, obj._cv_base, value)
+        except (ValueError, TypeError):
+            obj._cv_root.check_open()
+            raise
 
 
 class _LockedDescriptor(_Descriptor):
@@ -67,6 +76,18 @@ class _LockedDescriptor(_Descriptor):
             return self.field.get(obj._cv_buf, obj._cv_base)
 
 
+class _ArrayDescriptor(_Descriptor):
+    __slots__ = ()
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        obj._cv_root.check_open()
+        f = self.field
+        assert isinstance(f, _ArrayField)
+        return SharedFieldArray(f, obj._cv_buf, obj._cv_base, obj._cv_root)
+
+
 class _NestedDescriptor(_Descriptor):
     __slots__ = ()
 
@@ -75,18 +96,24 @@ class _NestedDescriptor(_Descriptor):
             return self
         f = self.field
         assert isinstance(f, _NestedField)
+        obj._cv_root.check_open()
         return _view(f.cls, obj._cv_root, obj._cv_base + f.offset)
 
 
 class _Root:
     """The segment and lock behind one struct instance and its nested views."""
 
-    def __init__(self, seg: Segment) -> None:
+    def __init__(self, seg: Segment, cls_name: str) -> None:
         self.seg = seg
         self.lock = SegmentLock(seg.name)
+        self.what = f"the shared struct {cls_name} ({seg.name})"
+
+    def check_open(self) -> None:
+        if self.seg.closed:
+            raise closed_error(self.what)
 
     def close(self) -> None:
-        self.lock.close()
+        self.lock.close(str(closed_error(self.what)))
         self.seg.close()
 
 
@@ -106,7 +133,7 @@ def _attach(cls: type[T], name: str, base: int, signature: tuple[Any, ...]) -> T
             f"cannot attach {cls.__name__}: its fields differ between the sending and the "
             f"receiving process ({signature} vs {layout.signature})"
         )
-    return _view(cls, _Root(Segment.attach(name)), base)
+    return _view(cls, _Root(Segment.attach(name), cls.__name__), base)
 
 
 def shared_struct(cls: type[T]) -> type[T]:
@@ -165,6 +192,8 @@ def shared_struct(cls: type[T]) -> type[T]:
         desc: _Descriptor
         if isinstance(field, _NestedField):
             desc = _NestedDescriptor(field)
+        elif isinstance(field, _ArrayField):
+            desc = _ArrayDescriptor(field)
         elif isinstance(field, _TextField):
             desc = _LockedDescriptor(field)
         else:
@@ -194,7 +223,7 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
         values[field.name] = value
     values.update(kwargs)
     seg = create_segment(layout.size, "struct")
-    root = _Root(seg)
+    root = _Root(seg, layout.cls_name)
     try:
         d = self.__dict__
         d["_cv_root"] = root
@@ -213,11 +242,15 @@ def _setattr(self: Any, name: str, value: Any) -> None:
             f"{type(self).__name__} has no shared field {name!r}; declare it in the class "
             "body so every process sees it"
         )
-    if field.torn:
-        with self._cv_root.lock:
+    try:
+        if field.torn:
+            with self._cv_root.lock:
+                field.set(self._cv_buf, self._cv_base, value)
+        else:
             field.set(self._cv_buf, self._cv_base, value)
-    else:
-        field.set(self._cv_buf, self._cv_base, value)
+    except (ValueError, TypeError):
+        self._cv_root.check_open()
+        raise
 
 
 def _lock(self: Any) -> SegmentLock:
@@ -229,6 +262,8 @@ def _add(self: Any, field_name: str, delta: float = 1) -> Any:
     field = type(self).__conveyor_layout__.numeric.get(field_name)
     if field is None:
         _numeric(self, field_name)  # raises the right error
+    if type(delta) is not int:
+        _check_delta(self, field, delta)
     buf, base, lock = self._cv_buf, self._cv_base, self._cv_root.lock
     lock.acquire()
     try:
@@ -237,6 +272,30 @@ def _add(self: Any, field_name: str, delta: float = 1) -> Any:
     finally:
         lock.release()
     return new
+
+
+def _check_delta(self: Any, field: _IntField | _FloatField, delta: Any) -> None:
+    """Refuse a delta the field cannot take; for a float added to an int field, name the
+    sum, which is what could not be stored."""
+    if isinstance(field, _FloatField) and type(delta) is float:
+        return
+    call = f"add({field.name!r}, {delta!r})"
+    if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
+        raise TypeError(
+            f"{call}: the delta must be a number for {field.where()}, not "
+            f"{type(delta).__name__}"
+        )
+    if isinstance(field, _IntField) and not isinstance(delta, numbers.Integral):
+        try:
+            current = field.get(self._cv_buf, self._cv_base)
+        except ValueError:
+            self._cv_root.check_open()
+            raise
+        raise TypeError(
+            f"{call}: {field.where()} is an int, and {current!r} + {delta!r} = "
+            f"{current + delta!r} is a {type(current + delta).__name__}, which it cannot "
+            "hold; pass an int delta (or declare the field as float)"
+        )
 
 
 def _compare_and_set(self: Any, field_name: str, expected: Any, new: Any) -> bool:

@@ -48,6 +48,10 @@ class _Field:
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         raise NotImplementedError
 
+    def prepare(self, value: Any) -> Any:
+        """``value`` in a form that can be written twice (see :meth:`Layout.write`)."""
+        return value
+
 
 class _IntField(_Field):
     kind = "int"
@@ -62,6 +66,12 @@ class _IntField(_Field):
     def check(self, value: Any) -> int:
         if type(value) is int:
             v = value
+        elif isinstance(value, bool) or type(value).__name__ == "bool_":
+            # operator.index(True) is 1: a bool stored here is almost always a mistake.
+            raise TypeError(
+                f"{self.where()} is an int; cannot store bool {value!r} "
+                "(declare the field as bool, or store int(value))"
+            )
         else:
             try:
                 v = operator.index(value)
@@ -168,20 +178,27 @@ class SharedFieldArray:
         h.bins.tolist()         # [0, 0, 1, 0]
     """
 
-    def __init__(self, field: _ArrayField, buf: memoryview, base: int) -> None:
+    def __init__(self, field: _ArrayField, buf: memoryview, base: int, root: Any = None) -> None:
         at = base + field.offset
         self._field = field
+        self._root = root  # the struct's _Root: a view kept past close() must say so
         self._view = buf[at : at + 8 * field.length].cast(field.code)  # type: ignore[call-overload]
+
+    def _check(self) -> None:
+        if self._root is not None:
+            self._root.check_open()
 
     def __len__(self) -> int:
         return len(self._view)
 
     def __getitem__(self, index: int | slice) -> Any:
+        self._check()
         if isinstance(index, slice):
             return self._view[index].tolist()
         return self._view[index]
 
     def __setitem__(self, index: int | slice, value: Any) -> None:
+        self._check()
         if isinstance(index, slice):
             items = [self._field.item(v) for v in value]
             target = range(len(self._view))[index]
@@ -196,9 +213,10 @@ class SharedFieldArray:
         self._view[index] = self._field.item(value)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self._view.tolist())
+        return iter(self.tolist())
 
     def tolist(self) -> list[Any]:
+        self._check()
         return list(self._view.tolist())
 
     def __eq__(self, other: object) -> bool:
@@ -237,6 +255,15 @@ class _ArrayField(_Field):
     def get(self, buf: memoryview, base: int) -> SharedFieldArray:
         return SharedFieldArray(self, buf, base)
 
+    def prepare(self, value: Any) -> Any:
+        # An iterator would be used up by the scratch write.
+        if isinstance(value, (list, tuple)):
+            return value
+        try:
+            return list(value)
+        except TypeError:
+            return value  # set() says what is wrong with it
+
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         try:
             items = list(value)
@@ -269,6 +296,10 @@ class _NestedField(_Field):
     def get(self, buf: memoryview, base: int) -> Any:
         raise AssertionError("nested fields are read through the descriptor")
 
+    def prepare(self, value: Any) -> Any:
+        # One snapshot of a struct instance, so both writes store the same values.
+        return value.asdict() if isinstance(value, self.cls) else value  # type: ignore[attr-defined]
+
     def set(self, buf: memoryview, base: int, value: Any) -> None:
         if isinstance(value, self.cls):
             values = value.asdict()  # type: ignore[attr-defined]
@@ -299,10 +330,28 @@ class Layout:
         self.numeric = {f.name: f for f in fields if isinstance(f, (_IntField, _FloatField))}
 
     def write(self, buf: memoryview, base: int, values: dict[str, Any]) -> None:
+        """Write ``values`` (field name -> value): all of them, or, if one is bad, none.
+
+        Every value is first written to a scratch copy of the layout, where a bad one
+        raises before shared memory is touched (``update(n=99, x="bad")`` must not leave
+        ``n`` at 99).
+        """
+        pairs = []
         for name, value in values.items():
             field = self.by_name.get(name)
             if field is None:
-                raise TypeError(f"{self.cls_name} has no field {name!r}")
+                raise TypeError(
+                    f"{self.cls_name} has no field {name!r}; its fields are "
+                    f"{', '.join(self.by_name)}"
+                )
+            pairs.append((field, field.prepare(value)))
+        scratch = memoryview(bytearray(self.size))
+        try:
+            for field, value in pairs:
+                field.set(scratch, 0, value)
+        finally:
+            scratch.release()
+        for field, value in pairs:
             field.set(buf, base, value)
 
 

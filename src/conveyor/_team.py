@@ -228,6 +228,12 @@ def team(n: int, fn: Callable[..., R], *args: Any, start_method: str | None = No
     promptly with :class:`TeamBrokenError` and this call raises the original error with the
     member's traceback (or :class:`TeamMemberLostError`). Ctrl-C stops every member.
 
+    ``sys.exit(code)`` in a member is such an error: the team stops and this call raises
+    ``SystemExit(code)`` in the caller, so a program that does not catch it exits with
+    that code, as it would had it called ``sys.exit`` itself (``ProcessPoolExecutor``
+    does the same with a task's ``sys.exit``). A member that returns normally is the way
+    to end early; catch ``SystemExit`` around ``team()`` to keep going.
+
     Example::
 
         def work(ctx, grid):
@@ -238,8 +244,18 @@ def team(n: int, fn: Callable[..., R], *args: Any, start_method: str | None = No
 
         assert conveyor.team(4, work, grid) == [0, 1, 2, 3]
     """
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(
+            f"team(n, fn, *args): n is the number of members and must be an int; "
+            f"got {type(n).__name__} {n!r}"
+        )
     if n < 1:
         raise ValueError(f"a team needs at least one member; got n={n}")
+    if not callable(fn):
+        raise TypeError(
+            f"team(n, fn, *args): fn must be a function of (ctx, *args); got "
+            f"{type(fn).__name__} {fn!r}"
+        )
     mp: Any = multiprocessing.get_context(start_method)
     payload = _dumps((fn, args))
     conns: dict[int, multiprocessing.connection.Connection] = {}

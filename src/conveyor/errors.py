@@ -363,3 +363,35 @@ for _cls in list(globals().values()):
     if isinstance(_cls, type) and issubclass(_cls, ConveyorError):
         _cls.__module__ = "conveyor"
 del _cls
+
+
+class SharedObjectClosedError(ConveyorError, ValueError):
+    """A shared object (struct, value, dict, list, array) was used after ``close()``
+    (or the end of its ``with`` block) in this process. A ``ValueError``, as for a
+    closed file."""
+
+
+class SharedMemoryFullError(ConveyorError, OSError):
+    """There is not enough free space where shared memory lives (``/dev/shm``) for a
+    shared object to be created or to grow. Nothing was written.
+
+    Attributes: ``requested`` (bytes asked for), ``free`` (bytes free on the mount) and
+    ``mount`` (its path). Docker's default ``/dev/shm`` is 64 MB: ``--shm-size`` raises it.
+    """
+
+    def __init__(self, message: str, requested: int = 0, free: int = 0, mount: str = "") -> None:
+        super().__init__(message)
+        self.errno = 28  # ENOSPC, what posix_fallocate reported
+        self.requested = requested
+        self.free = free
+        self.mount = mount
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.requested, self.free, self.mount))
+
+
+SharedObjectClosedError.__module__ = SharedMemoryFullError.__module__ = "conveyor"
+__all__ += ["SharedMemoryFullError", "SharedObjectClosedError"]
