@@ -339,6 +339,14 @@ def one(scenario: str, lib: str, p: dict[str, Any]) -> dict[str, Any]:
         split = sorted((out.count(pid) for pid in set(out)), reverse=True)
         return {"serial": serial, "parallel": parallel,
                 "efficiency": serial / (WORKERS * parallel), "split": split}
+    if scenario == "mapmem":
+        items = [os.urandom(512).hex() for _ in range(p["n"])]  # 1 KB strings
+        before = rss_kib("VmRSS")
+        t0 = time.perf_counter()
+        out = c.map(len, items)  # type: ignore[arg-type]
+        dt = time.perf_counter() - t0
+        assert out == [1024] * p["n"]
+        return {"rate": p["n"] / dt, "growth": rss_kib("VmHWM") - before}
     if scenario == "latency":
         import asyncio
 
@@ -498,6 +506,28 @@ def scenario_tables(args: argparse.Namespace) -> list[str]:
                      f"its default.\n\n"
                      + table(["library", "start method", "seconds (median)", "conveyor ÷ this",
                               "target"], rows))
+    if "7" in wanted:
+        n = 40_000 if quick else 400_000
+        got = runner.measure("mapmem", {"n": n}, 1 if quick else 2)
+        rows = []
+        growth = {lib: min(_values(runs, "growth")) for lib, runs in got.items()
+                  if _values(runs, "growth")}
+        for lib, runs in got.items():
+            if lib not in growth:
+                rows.append([LABELS[lib], _error(runs), "-", ""])
+                continue
+            target = ""
+            if lib == "conveyor" and "mp" in growth:
+                target = (f"≤ multiprocessing.Pool's: "
+                          f"{_verdict(growth['conveyor'] <= growth['mp'])}")
+            rows.append([LABELS[lib], f"{growth[lib] / 1024:+.0f}",
+                         _fmt_rate(max(_values(runs, "rate"))), target])
+        parts.append(f"### 7. Parent memory of a `map` over {n:,} strings of 1 KB\n\n"
+                     f"The input list is built first; the figure is the parent's peak RSS "
+                     f"(VmHWM) at the end minus its RSS just before the call, in MiB (best "
+                     f"of the repetitions): what the pool adds on top of the input.\n\n"
+                     + table(["library", "peak growth (MiB)", "tasks/s", "target"], rows))
+
     if "6" in wanted:
         params = {"long": 2.0, "short": 0.05, "n": 12, "burst": 3, "gap": 0.3}
         got = runner.measure("latency", params, 1 if quick else reps)
@@ -618,7 +648,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small N, one repetition")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6", help="e.g. 1,3")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="e.g. 1,3")
     ap.add_argument("--one", nargs=3, metavar=("SCENARIO", "LIB", "PARAMS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()

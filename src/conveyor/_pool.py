@@ -222,18 +222,22 @@ class _Call:
         raise NotImplementedError
 
     def _make_records(self, items: Sequence[Any], chunks: Iterable[tuple[int, int]],
-                      offset: int = 0) -> list[Record]:
+                      offset: int = 0, lazy: bool = False) -> list[Record]:
+        """Records for ``items`` cut at ``chunks``; pickled now (a pickling error is
+        raised here), or, ``lazy``, by the supervisor when each is dispatched."""
         records = []
         for start, stop in chunks:
             part = items[start:stop]
-            try:
-                data = _serialize.dumps(part)
-            except Exception:
-                raise self._pickle_error(part, offset + start) from None
+            data = None
+            if not lazy:
+                try:
+                    data = _serialize.dumps(part)
+                except Exception:
+                    raise self.pickle_error(part, offset + start) from None
             records.append(Record(self, offset + start, part, self.mode, data))
         return records
 
-    def _pickle_error(self, part: Sequence[Any], base: int) -> SerializationError:
+    def pickle_error(self, part: Sequence[Any], base: int) -> SerializationError:
         for k, item in enumerate(part):
             try:
                 _serialize.dumps(item)
@@ -365,7 +369,10 @@ class _ListCall(_Call):
         self.error_callback = error_callback
         self.done = threading.Event()
         self._callback_error: BaseException | None = None
-        self.records = self._make_records(items, _chunks(n, pool._workers, chunksize))
+        # Pickled as they are dispatched: the parent holds the pickles of the chunks in
+        # flight, not a second copy of the whole input.
+        self.records = self._make_records(items, _chunks(n, pool._workers, chunksize),
+                                          lazy=True)
         if n == 0:
             self._finish()
 

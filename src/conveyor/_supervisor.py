@@ -84,6 +84,10 @@ if TYPE_CHECKING:
 _TARGET_QUEUE_NS = 4_000_000
 _MAX_DEPTH = 512
 _MAX_PENDING_BYTES = 8 << 20
+# A lazily pickled chunk is cut so that its pickle stays near this size: the parent then
+# holds a few megabytes of pickles per worker, not a large first chunk of a big input.
+_RECORD_BYTES = 4 << 20
+_SAMPLE = 32
 _TERM_GRACE = 0.5
 _NO_ERRORS: dict[int, BaseException] = {}
 _NO_SKIP: frozenset[int] = frozenset()
@@ -130,12 +134,14 @@ class Record:
     __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
                  "worker")
 
-    def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes) -> None:
+    def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes | None) -> None:
         self.rid = 0
         self.call = call  # a _pool call object: start(), complete(), label_for()
         self.base = base  # index of the first item within its call
         self.items = items  # the unpickled items (or (args, kwargs)), to split or describe
         self.mode = mode
+        # The pickled items; None: pickled by the supervisor when dispatched, and not
+        # kept (a map's input is not held twice, once as objects and once as bytes).
         self.data = data
         self.attempts = 0  # failures charged to this record (its retries used)
         self.elapsed_ns = 0  # run time in the worker, once it ran
@@ -150,8 +156,7 @@ class Record:
 
     def split(self, start: int, stop: int) -> Record:
         """A new record for items [start, stop) of this one (map chunks only)."""
-        part = self.items[start:stop]
-        rec = Record(self.call, self.base + start, part, self.mode, _serialize.dumps(part))
+        rec = Record(self.call, self.base + start, self.items[start:stop], self.mode, None)
         rec.attempts = self.attempts
         return rec
 
@@ -241,6 +246,7 @@ class Supervisor:
         self.broken: BaseException | None = None
         self.stopped = threading.Event()
         self._start_failures = 0
+        self._take_back_soon = False
         self.tasks_done = 0
         self.timeouts_used = False
         self.workers_replaced = 0
@@ -454,7 +460,8 @@ class Supervisor:
         # Timeouts are checked by reading the workers' status slots, so once any call
         # has used one, the loop wakes every 20 ms; a take-back waits one millisecond
         # for its confirmation; otherwise it sleeps until an event.
-        if any(w is not None and w.taking_back is not None for w in self._workers):
+        if self._take_back_soon or any(w is not None and w.taking_back is not None
+                                       for w in self._workers):
             return 1
         return 20 if self.timeouts_used else None
 
@@ -538,6 +545,15 @@ class Supervisor:
                 call = rec.call
                 if not call.start(rec):
                     continue  # cancelled before it ran
+                data = rec.data
+                if data is None:
+                    if rec.size > 2 * _SAMPLE:
+                        rec = self._cut(rec)
+                    try:
+                        data = _serialize.dumps(rec.items)
+                    except Exception:
+                        self._unpicklable(rec)
+                        continue
                 self._next_rid += 1
                 rec.rid = self._next_rid
                 fn_id = call.fn_id
@@ -553,15 +569,36 @@ class Supervisor:
                 # argument is then not copied once more into the list's pickle, nor
                 # out of it in the worker.
                 mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
-                batch.append((rec.rid, fn_id, fn_bytes, mode, len(rec.data)))
-                datas.append(rec.data)
+                batch.append((rec.rid, fn_id, fn_bytes, mode, len(data)))
+                datas.append(data)
                 w.outstanding[rec.rid] = rec
-                size += len(rec.data)
+                size += len(data)
                 room -= 1
             if batch:
                 head = pickle.dumps(batch, _serialize.PROTOCOL)
                 w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
                 self._flush(w)
+
+    def _cut(self, rec: Record) -> Record:
+        """Estimate a lazy chunk's pickle from a sample of its items; when it would be
+        far above _RECORD_BYTES, send its head now and queue the rest first in line."""
+        try:
+            per_item = len(_serialize.dumps(rec.items[:_SAMPLE])) / _SAMPLE
+        except Exception:
+            return rec  # pickling the whole chunk fails next, and names the item
+        keep = max(_SAMPLE, int(_RECORD_BYTES / max(per_item, 1.0)))
+        if rec.size <= 2 * keep:
+            return rec
+        self.pending.appendleft(rec.split(keep, rec.size))
+        return rec.split(0, keep)
+
+    def _unpicklable(self, rec: Record) -> None:
+        """A lazily pickled chunk that cannot be pickled: its items fail, naming the
+        first that cannot (the error a caller would have had at the call)."""
+        call = rec.call
+        err = call.pickle_error(rec.items, rec.base)
+        call.complete(rec, [None] * rec.size, dict.fromkeys(range(rec.size), err), _NO_SKIP)
+        call.flush()
 
     def _flush(self, w: _Worker) -> None:
         try:
@@ -595,6 +632,7 @@ class Supervisor:
             back = [rec for rec in (w.outstanding.pop(rid, None) for rid in rids)
                     if rec is not None]
             self.pending.extendleft(reversed(back))
+        self._take_back_soon = False
         if self.pending or not any(not w.outstanding for w in self._usable()):
             if self.pending:
                 self._dispatch()
@@ -608,6 +646,7 @@ class Supervisor:
             if running not in w.outstanding:
                 continue  # between records: it takes the next one in a moment
             if now - slots[base + _worker.SLOT_STARTED_NS] < _TAKE_BACK_AFTER_NS:
+                self._take_back_soon = True  # look again in a millisecond
                 continue
             rids = [rid for rid in w.outstanding if rid > running]
             if not rids:
