@@ -124,8 +124,17 @@ def _finish_at_exit() -> None:
     for sup in mine:
         sup.stop_intake("the interpreter is shutting down")
         sup.close()
-    for sup in mine:
-        sup.join()
+    try:
+        for sup in mine:
+            sup.join()
+    except KeyboardInterrupt:
+        # Ctrl-C while exit waits for submitted work: the user wants out, so the work
+        # is dropped (as terminate() drops it) and the workers are stopped now.
+        for sup in mine:
+            sup.terminate()
+        for sup in mine:
+            sup.join()
+        raise
 
 
 class Record:
