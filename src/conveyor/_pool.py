@@ -775,6 +775,7 @@ class Pool(futures.Executor):
         self._workers = n
         # On a cluster, a function of __main__ goes by value: a Dask worker has no such module.
         self._main_by_value = cluster is not None or ctx.get_start_method() != "fork"
+        self._remote = cluster is not None
         self._submitted = itertools.count()
         self._task_timeout = task_timeout
         self._retries = retries
@@ -792,7 +793,8 @@ class Pool(futures.Executor):
         init: tuple[bytes, Any, bool] | None = None
         if initializer is not None:
             try:
-                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value)
+                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value,
+                                                     self._remote)
             except Exception:
                 raise _serialize.serialization_error("initializer", initializer, None) from None
             args = tuple(initargs)
@@ -840,7 +842,7 @@ class Pool(futures.Executor):
             if not callable(fn):
                 raise TypeError(f"the function to run must be callable, got {short_repr(fn)}")
             try:
-                data = _serialize.dumps_function(fn, self._main_by_value)
+                data = _serialize.dumps_function(fn, self._main_by_value, self._remote)
             except Exception:
                 raise _serialize.serialization_error(
                     "function", fn, None, "define it at module level, or make what it "

@@ -150,8 +150,7 @@ class DaskBackend:
 
     def worker_pids(self) -> list[int]:
         """The pids of the Dask worker processes (conveyor's own run inside them)."""
-        info = self.client.scheduler_info().get("workers", {})
-        return [int(w["pid"]) for w in info.values() if "pid" in w]
+        return sorted(int(pid) for pid in self.client.run(os.getpid).values())
 
     # ---------------------------------------------------------------------- the thread
 
@@ -164,6 +163,14 @@ class DaskBackend:
         finally:
             self.stop_intake(self.refusal if self.broken is None else
                              f"the pool is broken: {self.broken}")
+            # Records submitted after the last look (intake is closed now) are failed too.
+            while True:
+                try:
+                    kind, arg = self._events.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "records":
+                    self.pending.extend(arg)
             try:
                 self._stop_remote()
             finally:
@@ -205,7 +212,8 @@ class DaskBackend:
             self._pending_items = 0
             _abort_calls(dropped, CancelledError("cancelled by shutdown(cancel_futures=True)"))
         elif kind == "cancel_running":
-            self.client.run(_remote.cancel_running, self._name, id(arg), wait=False)
+            # Every Dask worker is asked; the one running the call's task kills it.
+            self.client.run(_remote.cancel_running, self._name, id(arg))
         else:  # pragma: no cover - a bug in this module
             raise ValueError(f"unknown event {kind!r}")
 

@@ -75,7 +75,7 @@ def open_cluster(spec: Any) -> ClusterHandle:
         return ClusterHandle(spec, False, None)
     if spec == "local":
         cluster = distributed.LocalCluster(n_workers=local_workers(), threads_per_worker=1,
-                                           processes=True, dashboard_address=None)
+                                           processes=True, dashboard_address=":0")
         try:
             client = distributed.Client(cluster)
         except BaseException:
