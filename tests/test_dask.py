@@ -18,11 +18,14 @@ import pytest
 
 import conveyor as cv
 from helpers import (
+    child_exitcode,
     exit_on,
     exit_once,
     expand,
     fail_on,
+    make_state,
     parent_pid,
+    read_state,
     sleep_for,
     sleep_on,
     square,
@@ -72,6 +75,14 @@ def test_map_submit_imap_and_errors(client: Any) -> None:
         # The tasks ran in conveyor's processes, whose parents are the Dask workers.
         parents = set(pool.map(parent_pid, range(20), chunksize=1))
         assert parents <= dask_worker_pids(client)
+
+
+def test_worker_state_and_processes_started_by_tasks(client: Any) -> None:
+    with cv.Pool(cluster=client, initializer=make_state, initargs=("model",)) as pool:
+        states = pool.map(read_state, range(8), chunksize=1)
+        assert {s["value"] for s in states} == {"model"}
+        # Dask's workers are daemonic; a task in conveyor's worker may still fork.
+        assert pool.map(child_exitcode, range(2), chunksize=1) == [4, 4]
 
 
 def test_crash_fails_only_that_item(client: Any) -> None:
