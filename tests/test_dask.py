@@ -168,3 +168,15 @@ def test_local_cluster_started_and_stopped_by_the_pool(tmp_path: Path) -> None:
         assert pool.map(touch_and_square, [(folder, x) for x in range(100)]) == \
             [x * x for x in range(100)]
     assert len(os.listdir(folder)) == 100  # each item ran exactly once
+
+
+def test_exceptions_keep_their_fields_once_distributed_is_imported(client: Any) -> None:
+    """Importing distributed installs tblib's exception reducers process-wide, which drop
+    SystemExit's code; conveyor pickles exceptions with a table of its own."""
+    import sys
+
+    with cv.Pool(1) as local, cv.Pool(cluster=client) as remote:
+        for pool in (local, remote):
+            with pytest.raises(SystemExit) as info:
+                pool.submit(sys.exit, 3).result(timeout=30)
+            assert info.value.code == 3

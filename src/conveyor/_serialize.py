@@ -10,6 +10,7 @@ the error can say "argument 2 of task 17", not just "cannot pickle".
 
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any
 
@@ -26,6 +27,23 @@ def dumps(obj: object) -> bytes:
         import cloudpickle
 
         return bytes(cloudpickle.dumps(obj, PROTOCOL))
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception the standard way, whatever reducers the process registered.
+
+    Importing Dask ``distributed`` installs tblib's reducers for every exception class in
+    ``copyreg``; they drop what a custom ``__init__`` sets (``SystemExit(3).code`` comes
+    back None). A pickler with a table of its own ignores them. cloudpickle is the
+    fallback, for classes defined in ``__main__``."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, PROTOCOL)
+    pickler.dispatch_table = {}
+    try:
+        pickler.dump(exc)
+    except Exception:
+        return dumps(exc)
+    return buf.getvalue()
 
 
 def dumps_function(fn: object, main_by_value: bool = True, remote: bool = False) -> bytes:

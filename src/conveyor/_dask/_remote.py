@@ -229,7 +229,7 @@ def _encode_error(exc: BaseException) -> tuple[bytes, str]:
     cause = exc.__cause__
     tb = cause.tb if isinstance(cause, RemoteTraceback) else ""
     try:
-        return _serialize.dumps(exc), tb
+        return _serialize.dumps_exception(exc), tb
     except Exception as err:
         stand_in = ConveyorError(f"{type(exc).__name__}: {exc} (the exception could not be "
                                  f"pickled to send it to the client: {err!r})")
