@@ -48,7 +48,7 @@ from typing import Any
 import cloudpickle
 import distributed
 
-from conveyor import _worker
+from conveyor import _serialize, _worker
 from conveyor._dask import _remote
 from conveyor._dask._context import ClusterHandle, open_cluster
 from conveyor.errors import ConveyorError, PoolClosedError, RemoteTraceback, WorkerLostError
@@ -241,13 +241,15 @@ class DaskBackend:
             if taken:
                 fn_ns = self._item_ns.get(rec.call.fn_id)
                 if (fn_ns is None or spent + fn_ns * rec.size > budget
-                        or nbytes + len(rec.data) > _MAX_BATCH_BYTES
+                        or nbytes + len(rec.data or b"") > _MAX_BATCH_BYTES
                         or items + rec.size > _MAX_BATCH_ITEMS):
                     break
             self.pending.popleft()
             self._pending_items -= rec.size
             if not rec.call.start(rec):
                 continue  # cancelled before it was sent
+            if rec.data is None and not self._pickle(rec):
+                continue  # failed with a SerializationError
             taken.append(rec)
             spent += (self._item_ns.get(rec.call.fn_id) or 0.0) * rec.size
             nbytes += len(rec.data)
@@ -255,6 +257,23 @@ class DaskBackend:
             if per_item is None:
                 break  # not measured yet: one record per task until it is
         return taken
+
+    def _pickle(self, rec: Any) -> bool:
+        """Pickle a record that the pool left unpickled (a map's chunk is pickled when it
+        is dispatched, so the input is not held twice); fail it alone if it cannot be."""
+        try:
+            rec.data = _serialize.dumps(rec.items)
+        except Exception as exc:
+            from conveyor.errors import SerializationError
+
+            n = rec.size
+            err = SerializationError(f"the items {rec.base}..{rec.base + n - 1} of "
+                                     f"{rec.call.fn_name} could not be pickled: {exc}",
+                                     what="items", task_index=rec.base)
+            rec.call.complete(rec, [None] * n, dict.fromkeys(range(n), err), _NO_SKIP)
+            rec.call.flush()
+            return False
+        return True
 
     def _send(self, records: list[Any]) -> None:
         fns: dict[int, tuple[str, bytes]] = {}
