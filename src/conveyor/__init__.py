@@ -5,6 +5,7 @@ Layers, top to bottom (each imports only from the ones below it):
     _cli                                   the ``conveyor`` command
     _pipeline, _work_queue                 stages of workers; tasks that add tasks
     _pool                                  Pool, map(): what users call
+    _dask/                                 cluster=: the same pool's work on Dask
     _team, _team_state                     team(): processes in lock-step
     _channel                               Channel: the bounded many-to-many transport
     _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from conveyor._channel import Channel as Channel
     from conveyor._channel import ChannelStatistics as ChannelStatistics
+    from conveyor._dask._context import use_cluster as use_cluster
     from conveyor._pipeline import ItemError as ItemError
     from conveyor._pipeline import Pipeline as Pipeline
     from conveyor._pipeline import PipelineStatistics as PipelineStatistics
@@ -82,6 +84,7 @@ __version__ = "0.1.0"
 # Where each public name lives; loaded on first access.
 _EXPORTS: dict[str, str] = {
     "Channel": "conveyor._channel",
+    "use_cluster": "conveyor._dask._context",
     "ChannelStatistics": "conveyor._channel",
     "ItemError": "conveyor._pipeline",
     "Pipeline": "conveyor._pipeline",
@@ -175,6 +178,7 @@ __all__ = [
     "map",
     "shared_struct",
     "team",
+    "use_cluster",
     "work_queue",
     "worker_index",
     "worker_state",

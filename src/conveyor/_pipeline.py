@@ -245,13 +245,14 @@ class _Stage:
         self.batch_buf: list[Any] = []
 
     # ---- lifetime
-    def start(self, start_method: str | None) -> None:
+    def start(self, start_method: str | None, cluster: Any = None) -> None:
         if self.local:
             return
         fn = self._worker_fn()
         if self.spec.kind == "process":
             self.pool = Pool(self.spec.workers, initializer=self.spec.initializer,
-                             initargs=self.spec.initargs, start_method=start_method)
+                             initargs=self.spec.initargs, start_method=start_method,
+                             cluster=cluster)
             self.call = _ChunkCall(self, self.pool, fn)
         else:
             self.threads = ThreadPoolExecutor(self.spec.workers,
@@ -309,7 +310,9 @@ class _Stage:
     # ---- called by the driver
     @property
     def capacity(self) -> int:
-        return max(2 * self.spec.workers * self.chunk, 2 * self.spec.workers)
+        # On a cluster the stage's pool has the cluster's threads, not spec.workers.
+        workers = self.pool.workers if self.pool is not None else self.spec.workers
+        return max(2 * workers * self.chunk, 2 * workers)
 
     def has_room(self) -> bool:
         return len(self.buffer) < self.maxsize
@@ -364,6 +367,7 @@ class Pipeline:
     ``ordered=True`` (the default) results keep the source's order. Each stage runs in
     processes (``kind="process"``, the default, for CPU work) or threads
     (``kind="thread"``, for I/O); ``maxsize`` bounds the buffer in front of a stage.
+    With ``cluster=`` (what ``Pool`` takes) the process stages run on a Dask cluster.
 
     An exception in a stage stops every stage and raises :class:`PipelineError` naming
     the stage and the item, with the original exception (and the worker's traceback) as
@@ -372,7 +376,7 @@ class Pipeline:
     """
 
     def __init__(self, source: Iterable[Any], *, ordered: bool = True, maxsize: int = 1024,
-                 start_method: str | None = None) -> None:
+                 start_method: str | None = None, cluster: Any = None) -> None:
         if not hasattr(source, "__iter__"):
             raise TypeError(f"a pipeline's source must be iterable, got {short_repr(source)}")
         if maxsize < 1:
@@ -381,6 +385,7 @@ class Pipeline:
         self._ordered = ordered
         self._maxsize = maxsize
         self._start_method = start_method
+        self._cluster = cluster
         self._specs: list[_StageSpec] = []
         self._running = False
         self.errors: list[ItemError] = []
@@ -487,9 +492,16 @@ class _Run:
         p.errors = []
         self.started = time.monotonic()
         clean = False
+        # Process stages run on the cluster (one client for the run); thread stages,
+        # batch and unbatch stay here.
+        cluster = None
+        if p._cluster is not None:
+            from conveyor._dask._context import open_cluster
+
+            cluster = open_cluster(p._cluster)
         try:
             for stage in self.stages:
-                stage.start(p._start_method)
+                stage.start(p._start_method, cluster.client if cluster is not None else None)
             if self.progress:
                 self._open_bars()
             while True:
@@ -505,6 +517,8 @@ class _Run:
         finally:
             for stage in self.stages:
                 stage.stop(terminate=not clean)
+            if cluster is not None:
+                cluster.close()
             for bar in self.bars:
                 bar.close()
             p._running = False

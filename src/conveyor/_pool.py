@@ -49,6 +49,7 @@ from conveyor.errors import (
 )
 
 if TYPE_CHECKING:
+    from conveyor._dask._backend import DaskBackend
     from conveyor._pool_stats import PoolStatistics
 
 T = TypeVar("T")
@@ -724,6 +725,13 @@ class Pool(futures.Executor):
     (exception types that are retried too), ``start_method`` ("fork", "forkserver",
     "spawn") or ``context``, and ``progress`` (True for a tqdm bar per call, or a
     callable ``fn(done, total)``).
+
+    ``cluster`` runs the pool's work on a Dask cluster: a ``distributed.Client`` (never
+    closed by conveyor), a scheduler address ``"tcp://host:8786"``, or ``"local"`` (a
+    ``LocalCluster`` started and stopped with the pool). Every Dask worker then runs a
+    conveyor pool of its own, sized to its threads, with the options above; ``workers``
+    is ignored (the cluster's threads count). See ``conveyor.use_cluster`` and the
+    README's "Scale out" section.
     """
 
     def __init__(
@@ -744,6 +752,7 @@ class Pool(futures.Executor):
         retries: int = 0,
         retry_on: Iterable[type[BaseException]] = (),
         progress: ProgressSpec = False,
+        cluster: Any = None,
     ) -> None:
         given = [v for v in (workers, processes, max_workers) if v is not None]
         if len(set(given)) > 1:
@@ -766,8 +775,14 @@ class Pool(futures.Executor):
             ctx = multiprocessing.get_context(start_method)
         elif start_method is not None:
             raise TypeError("give either context= or start_method=, not both")
+        if cluster is None:
+            from conveyor._dask._context import current  # no Dask import: see there
+
+            cluster = current()
         self._workers = n
-        self._main_by_value = ctx.get_start_method() != "fork"
+        # On a cluster, a function of __main__ goes by value: a Dask worker has no such module.
+        self._main_by_value = cluster is not None or ctx.get_start_method() != "fork"
+        self._remote = cluster is not None
         self._submitted = itertools.count()
         self._task_timeout = task_timeout
         self._retries = retries
@@ -785,7 +800,8 @@ class Pool(futures.Executor):
         init: tuple[bytes, Any, bool] | None = None
         if initializer is not None:
             try:
-                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value)
+                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value,
+                                                     self._remote)
             except Exception:
                 raise _serialize.serialization_error("initializer", initializer, None) from None
             args = tuple(initargs)
@@ -797,8 +813,15 @@ class Pool(futures.Executor):
                 # which is the one moment they may be pickled; inherited under fork.
                 init = (fn_bytes, args, False)
         self._callbacks = CallbackThread()
+        self._sup: Supervisor | DaskBackend
         try:
-            self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
+            if cluster is not None:
+                self._sup = _cluster_backend(cluster, init, maxtasks, max_worker_memory,
+                                             start_method or (ctx.get_start_method()
+                                                              if context or mp_context else None))
+                self._workers = self._sup.threads  # the cluster's threads, not workers=
+            else:
+                self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
         except Exception as exc:
             if init is not None and not init[2]:
                 err = _serialize.serialization_error(
@@ -826,7 +849,7 @@ class Pool(futures.Executor):
             if not callable(fn):
                 raise TypeError(f"the function to run must be callable, got {short_repr(fn)}")
             try:
-                data = _serialize.dumps_function(fn, self._main_by_value)
+                data = _serialize.dumps_function(fn, self._main_by_value, self._remote)
             except Exception:
                 raise _serialize.serialization_error(
                     "function", fn, None, "define it at module level, or make what it "
@@ -1144,6 +1167,19 @@ class Pool(futures.Executor):
         raise TypeError("a Pool cannot be pickled or sent to a worker")
 
 
+def _cluster_backend(cluster: Any, init: Any, maxtasks: int | None, max_memory: int | None,
+                     start_method: str | None) -> DaskBackend:
+    """The runner of a pool on a Dask cluster (``conveyor._dask``), in place of a local
+    ``Supervisor``; the only place where ``Pool`` reaches Dask."""
+    try:
+        from conveyor._dask._backend import DaskBackend
+    except ImportError as exc:
+        from conveyor._dask._context import dask_missing
+
+        raise dask_missing(f"Pool(cluster={cluster!r})") from exc
+    return DaskBackend(cluster, init, maxtasks, max_memory, start_method)
+
+
 class _StrongRef:
     """Stands for a weak reference to a callable that takes none (a builtin)."""
 
@@ -1156,7 +1192,7 @@ class _StrongRef:
         return self.fn
 
 
-def _finalize(sup: Supervisor, callbacks: CallbackThread) -> None:
+def _finalize(sup: Supervisor | DaskBackend, callbacks: CallbackThread) -> None:
     """A pool garbage-collected (or still open at interpreter exit) without close().
 
     Nothing of its work can still be queued (queued work keeps the pool alive), so a

@@ -59,6 +59,9 @@ def work_queue(
 
         results = conveyor.work_queue(["https://example.org"], crawl, workers=8)
 
+    Options of :class:`Pool` pass through (``cluster=`` runs the handlers on a Dask
+    cluster; tasks a handler adds travel back with its result, as locally).
+
     An exception in a handler stops the run and raises ``PipelineError`` (the original
     is its cause); with ``on_error="skip"`` failed tasks are left out (use
     :func:`iter_work_queue` with ``errors=[]`` to collect them, or to stream results).

@@ -172,7 +172,7 @@ def _encode_exception(exc: BaseException) -> tuple[bytes, str]:
     try:
         # cloudpickle as a fallback keeps an exception class defined in __main__ the same
         # class in the parent (its class tracker maps it back), so except clauses match.
-        data = _serialize.dumps(exc)
+        data = _serialize.dumps_exception(exc)
         pickle.loads(data)  # an exception with a custom __init__ may not round-trip
     except BaseException:  # even a SystemExit from a __reduce__: it is the task's failure
         from conveyor.errors import RemoteError

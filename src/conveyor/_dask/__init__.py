@@ -1,0 +1,22 @@
+"""Cluster mode: a ``Pool`` whose work runs on a Dask ``distributed`` cluster.
+
+What this subpackage owns:
+
+* ``_context`` -- which cluster a ``Pool`` uses: ``cluster=`` resolved into a
+  ``distributed.Client`` (conveyor closes only what it started), and ``use_cluster()``,
+  the process-wide default for pools created by code you do not control;
+* ``_backend`` -- ``DaskBackend``, the client-side driver that stands where a local
+  ``Supervisor`` stands: it takes the pool's ``Record`` s, packs them into Dask tasks
+  sized by measured run time, keeps a bounded number in flight, and reports each
+  record back to its call object;
+* ``_remote`` -- what runs inside a Dask worker: a worker plugin that owns one local
+  conveyor ``Pool`` per client pool (sized to the worker's threads), and the chunk task
+  that feeds it and never raises.
+
+What it may import: the standard library, ``distributed`` (only in ``_backend`` and
+``_remote``, which are imported only when ``cluster=`` is given), and of conveyor only
+``errors``, ``_serialize``, ``_worker`` (record modes) and, in ``_remote``, ``_pool``
+(the local pool on a Dask worker) and ``_supervisor.Record``. Nothing in conveyor
+imports this package unless a cluster is asked for, except ``_context`` (no Dask
+import), which ``Pool`` reads to find a ``use_cluster()`` default.
+"""
