@@ -30,6 +30,7 @@ timeouts and Ctrl-C handling, and chunking keeps the routing cost per item small
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 import time
 from collections import deque
@@ -39,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from conveyor import _worker
+from conveyor._interrupts import Interrupts
 from conveyor._pool import Pool, _Call
 from conveyor._supervisor import Record
 from conveyor.errors import PipelineError, short_repr
@@ -447,7 +449,7 @@ class Pipeline:
     # -------------------------------------------------------------------- running
     def run(self, *, progress: bool = False, on_error: str = "raise") -> list[Any]:
         """Run to the end; return the last stage's outputs as a list."""
-        return list(self._drive(progress, on_error, self._ordered))
+        return self._prepare(progress, on_error, self._ordered).collect()
 
     def iter(self, *, ordered: bool | None = None, progress: bool = False,
              on_error: str = "raise") -> Iterator[Any]:
@@ -458,11 +460,14 @@ class Pipeline:
         return self._drive(False, "raise", self._ordered)
 
     def _drive(self, progress: bool, on_error: str, ordered: bool) -> Iterator[Any]:
+        return self._prepare(progress, on_error, ordered).results()
+
+    def _prepare(self, progress: bool, on_error: str, ordered: bool) -> _Run:
         if on_error not in ("raise", "skip"):
             raise ValueError(f'on_error must be "raise" or "skip", got {on_error!r}')
         if self._running:
             raise RuntimeError("this pipeline is already running")
-        return _Run(self, progress, on_error == "skip", ordered).results()
+        return _Run(self, progress, on_error == "skip", ordered)
 
 
 class _Run:
@@ -480,35 +485,88 @@ class _Run:
         self.bars: list[Any] = []
         self.progress = progress
         self.started = 0.0
+        self.interrupts = Interrupts()
+
+    # ---- the driver loop, as a generator (iter) or to a list (run)
+    #
+    # Ctrl-C is held back while this code runs and raised by interrupts.check() at the
+    # top of each round (see _interrupts): the driver's locks, the pools' forks and the
+    # finalizers the garbage collector runs here then never see a KeyboardInterrupt.
+    # The shield is down only while the source's iterator and the caller's code run.
 
     def results(self) -> Iterator[Any]:
+        stopping: BaseException | None = None
+        try:
+            self._begin()
+            out = self.out
+            while self._advance():
+                self.interrupts.shielded = False
+                while out:
+                    yield out.popleft()
+                self.interrupts.shielded = True
+        except BaseException as exc:  # GeneratorExit too: the caller stopped early
+            stopping = exc
+            raise
+        finally:
+            self._end(stopping)
+
+    def collect(self) -> list[Any]:
+        results: list[Any] = []
+        stopping: BaseException | None = None
+        try:
+            self._begin()
+            while self._advance():
+                results.extend(self.out)
+                self.out.clear()
+        except BaseException as exc:
+            stopping = exc
+            raise
+        finally:
+            self._end(stopping)
+        return results
+
+    def _begin(self) -> None:
+        self.interrupts.install()
         p = self.p
         p._running = True
         p.errors = []
         self.started = time.monotonic()
-        clean = False
+        for stage in self.stages:
+            stage.start(p._start_method)
+        if self.progress:
+            self._open_bars()
+
+    def _advance(self) -> bool:
+        """Move items on until there is output (True) or the run has ended (False)."""
+        while True:
+            self.interrupts.check()
+            self._step()
+            if self.out:
+                return True
+            if self._finished():
+                return False
+            with self.cond:
+                if not any(s.done for s in self.stages) and not self._abort():
+                    self.cond.wait(0.05)
+
+    def _end(self, stopping: BaseException | None) -> None:
+        """Stop every stage (terminate unless the run ended by itself), shielded."""
+        self.interrupts.shielded = True
         try:
+            failure: BaseException | None = None
             for stage in self.stages:
-                stage.start(p._start_method)
-            if self.progress:
-                self._open_bars()
-            while True:
-                self._step()
-                while self.out:
-                    yield self.out.popleft()
-                if self._finished():
-                    break
-                with self.cond:
-                    if not any(s.done for s in self.stages) and not self._abort():
-                        self.cond.wait(0.05)
-            clean = True
-        finally:
-            for stage in self.stages:
-                stage.stop(terminate=not clean)
+                try:
+                    stage.stop(terminate=stopping is not None)
+                except BaseException as exc:  # stop the others before raising it
+                    failure = failure or exc
             for bar in self.bars:
                 bar.close()
-            p._running = False
-            p.stats = self._statistics()
+            if failure is not None:
+                raise failure
+        finally:
+            self.p._running = False
+            self.p.stats = self._statistics()
+            self.interrupts.restore(stopping)
 
     def _abort(self) -> BaseException | None:
         for stage in self.stages:
@@ -546,22 +604,36 @@ class _Run:
                 return stage.has_room()
         return len(self.out) < self.p._maxsize
 
+    def _source_room(self) -> int:
+        """How many source items may be read now: the room in the first buffer, or one
+        at a time when an ``unbatch`` before it may turn one item into many."""
+        for stage in self.stages:
+            if not stage.local:
+                return stage.maxsize - len(stage.buffer)
+            if stage.spec.op == "unbatch":
+                return 1 if self._room_after(stage.index) else 0
+        return self.p._maxsize - len(self.out)
+
     def _read_source(self) -> None:
-        if self.source is None:
+        source = self.source
+        if source is None:
             return
-        while self._room_after(-1):
+        while (room := self._source_room()) > 0:
+            self.interrupts.shielded = False  # the source is the user's code
             try:
-                item = next(self.source)
-            except StopIteration:
-                self.source = None
-                break
+                items = list(itertools.islice(source, room))
             except Exception as exc:
                 self.source = None
                 raise PipelineError("source", "-", f"the source raised {type(exc).__name__}: "
                                     f"{exc}") from exc
-            self._deliver(-1, [item])
-        if self.source is None:
-            self._close_after(-1)
+            finally:
+                self.interrupts.shielded = True
+            if items:
+                self._deliver(-1, items)
+            if len(items) < room:
+                self.source = None  # exhausted
+                self._close_after(-1)
+                return
 
     def _forward(self, i: int) -> None:
         """Move stage i's finished output (in order if ordered) to what comes next."""
