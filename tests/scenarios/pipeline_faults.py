@@ -57,10 +57,15 @@ def _on_sigint(signum: int, frame: Any) -> None:
 
 
 def _leftovers(fds_before: int) -> dict[str, Any]:
+    from multiprocessing import forkserver, resource_tracker
+
     me = os.getpid()
+    # The standard library's forkserver and resource tracker outlive pools on purpose.
+    singletons = {str(getattr(forkserver._forkserver, "_forkserver_pid", None)),
+                  str(getattr(resource_tracker._resource_tracker, "_pid", None))}
     children = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+        if entry.name.isdigit() and entry.name not in singletons:
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
@@ -76,7 +81,7 @@ def _leftovers(fds_before: int) -> dict[str, Any]:
 
 
 def _pipeline(source: Any) -> cv.Pipeline:
-    return (cv.Pipeline(source)
+    return (cv.Pipeline(source, start_method=os.environ.get("CONVEYOR_START_METHOD"))
             .map(abs, workers=2)
             .filter(bool, workers=2)
             .map(abs, kind="thread", workers=2))
