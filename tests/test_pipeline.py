@@ -225,7 +225,7 @@ STORM_TRIALS = int(os.environ.get("CONVEYOR_STORM_TRIALS", "60"))
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("mode", ["single", "burst", "finish"])
+@pytest.mark.parametrize("mode", ["single", "burst", "finish", "queue"])
 def test_every_ctrl_c_stops_the_pipeline_cleanly(mode: str, tmp_path: Path) -> None:
     """Ctrl-C at random moments (start-up, full flow, stopping, the end), one pipeline per
     trial: each must end with KeyboardInterrupt (or, for a short source, its complete
@@ -245,7 +245,7 @@ def test_every_ctrl_c_stops_the_pipeline_cleanly(mode: str, tmp_path: Path) -> N
             time.sleep(rng.uniform(0.0, 0.25))
             signals = rng.randint(2, 5) if mode == "burst" else 1
             for _ in range(signals):
-                if mode == "single" and trial % 3 == 0:
+                if mode in ("single", "queue") and trial % 3 == 0:
                     os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: workers too
                 else:
                     os.kill(proc.pid, signal.SIGINT)

@@ -37,7 +37,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from conveyor import _worker
 from conveyor._interrupts import Interrupts
@@ -101,11 +101,18 @@ class ItemError:
 # ------------------------------------------------------------------ what workers run
 
 
+def _name_of(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
 class _Filter:
-    """Runs a predicate; the driver keeps the items it accepted (they are not sent back)."""
+    """Runs a predicate; the driver keeps the items it accepted (they are not sent back).
+
+    These wrappers carry the wrapped function's name, which the pool's errors show."""
 
     def __init__(self, pred: Callable[[Any], Any]) -> None:
         self.pred = pred
+        self.__qualname__ = _name_of(pred)
 
     def __call__(self, item: Any) -> bool:
         return bool(self.pred(item))
@@ -114,6 +121,7 @@ class _Filter:
 class _FlatMap:
     def __init__(self, fn: Callable[[Any], Iterable[Any]]) -> None:
         self.fn = fn
+        self.__qualname__ = _name_of(fn)
 
     def __call__(self, item: Any) -> list[Any]:
         return list(self.fn(item))
@@ -122,6 +130,7 @@ class _FlatMap:
 class _Each:
     def __init__(self, fn: Callable[[Any], Any]) -> None:
         self.fn = fn
+        self.__qualname__ = _name_of(fn)
 
     def __call__(self, item: Any) -> None:
         self.fn(item)
@@ -144,7 +153,9 @@ class _StageSpec:
 
 
 @dataclass
-class _Done:
+class Done:
+    """A finished chunk: its items, their values (or errors), run time and worker."""
+
     seq: int
     items: list[Any]
     values: list[Any]
@@ -156,24 +167,56 @@ class _Done:
 _SEQ_SHIFT = 20  # a record's base is (chunk seq << 20) + its first item's place in the chunk
 
 
-class _ChunkCall(_Call):
-    """Receives a process stage's finished chunks from the stage pool's supervisor.
+class ChunkSink(Protocol):
+    """Who is told about a chunk call's chunks (a stage here; the work queue's driver)."""
+
+    def finished(self, done: Done) -> None:
+        """A chunk has ended (called in the pool's supervisor thread)."""
+
+    def wake(self) -> None:
+        """A batch of results was delivered: the driver may have work."""
+
+    def aborted(self, exc: BaseException) -> None:
+        """The pool stopped (terminated or broken): the chunks still out will not end."""
+
+
+class ChunkSizer:
+    """Chooses a chunk size from measured run times: about 2 ms of work per chunk, so
+    the per-chunk cost in the parent stays small against the work, and a slow item
+    does not hold many others back."""
+
+    __slots__ = ("chunk", "per_item_ns")
+
+    def __init__(self) -> None:
+        self.chunk = 1
+        self.per_item_ns = 0.0
+
+    def learn(self, elapsed_ns: int, items: int) -> None:
+        per_item = elapsed_ns / max(1, items)
+        self.per_item_ns = per_item if not self.per_item_ns else (
+            0.7 * self.per_item_ns + 0.3 * per_item)
+        want = int(_TARGET_CHUNK_NS / max(self.per_item_ns, 1.0))
+        self.chunk = max(1, min(_MAX_CHUNK, want))
+
+
+class ChunkCall(_Call):
+    """Runs chunks of items through a pool and reports each finished chunk to a sink.
 
     The pool may split a chunk (a worker died in it: the items before and after the lost
     one are re-run as records of their own), so parts are put back together here and
     the chunk is reported once all its items have ended."""
 
-    def __init__(self, stage: _Stage, pool: Pool, fn: Callable[..., Any]) -> None:
+    def __init__(self, stage: ChunkSink, pool: Pool, fn: Callable[..., Any]) -> None:
         super().__init__(pool, pool._spec(fn), _worker.MAP, None, False)
         self.stage = stage
-        self.parts: dict[int, _Done] = {}
+        self.parts: dict[int, Done] = {}
         self.left: dict[int, int] = {}
 
     def task_index(self, position: int) -> int | None:
         return None  # positions here are chunk bookkeeping; errors name the item instead
 
     def submit(self, seq: int, items: list[Any]) -> None:
-        self.parts[seq] = _Done(seq, items, [None] * len(items), {}, 0, -1)
+        self.parts[seq] = Done(seq, items, [None] * len(items), {}, 0, -1)
         self.left[seq] = len(items)
         self.sup.submit(self._make_records(items, [(0, len(items))], offset=seq << _SEQ_SHIFT))
 
@@ -228,8 +271,8 @@ class _Stage:
         self.maxsize = spec.maxsize or default_maxsize
         self.buffer: deque[Any] = deque()
         self.held = 0  # items handed to workers and not yet moved on
-        self.done: deque[_Done] = deque()
-        self.ready: dict[int, _Done] = {}
+        self.done: deque[Done] = deque()
+        self.ready: dict[int, Done] = {}
         self.next_seq = 0
         self.emit_seq = 0
         self.closed_input = False
@@ -237,11 +280,10 @@ class _Stage:
         self.items_out = 0
         self.busy: dict[int, int] = {}
         self.abort_error: BaseException | None = None
-        self.chunk = 1
-        self._per_item_ns = 0.0
+        self.sizer = ChunkSizer()
         self.pool: Pool | None = None
         self.threads: ThreadPoolExecutor | None = None
-        self.call: _ChunkCall | None = None
+        self.call: ChunkCall | None = None
         self.thread_states: dict[int, Any] = {}
         self.local = spec.op in ("batch", "unbatch")
         self.batch_buf: list[Any] = []
@@ -254,7 +296,7 @@ class _Stage:
         if self.spec.kind == "process":
             self.pool = Pool(self.spec.workers, initializer=self.spec.initializer,
                              initargs=self.spec.initargs, start_method=start_method)
-            self.call = _ChunkCall(self, self.pool, fn)
+            self.call = ChunkCall(self, self.pool, fn)
         else:
             self.threads = ThreadPoolExecutor(self.spec.workers,
                                               thread_name_prefix=f"conveyor-stage-{self.spec.name}")
@@ -287,7 +329,7 @@ class _Stage:
         return fn
 
     # ---- called from supervisor / executor threads
-    def finished(self, done: _Done) -> None:
+    def finished(self, done: Done) -> None:
         self.done.append(done)
 
     def wake(self) -> None:
@@ -305,7 +347,7 @@ class _Stage:
             self.aborted(exc)
             return
         worker = self.thread_states.setdefault(ident, len(self.thread_states))
-        self.finished(_Done(seq, items, values, errors, elapsed, worker))
+        self.finished(Done(seq, items, values, errors, elapsed, worker))
         self.wake()
 
     # ---- called by the driver
@@ -335,13 +377,12 @@ class _Stage:
                                           self._thread_state)
                 fut.add_done_callback(functools.partial(self._thread_done, seq, items))
 
-    def learn(self, done: _Done) -> None:
-        n = max(1, len(done.items))
-        per_item = done.elapsed_ns / n
-        self._per_item_ns = per_item if not self._per_item_ns else (
-            0.7 * self._per_item_ns + 0.3 * per_item)
-        want = int(_TARGET_CHUNK_NS / max(self._per_item_ns, 1.0))
-        self.chunk = max(1, min(_MAX_CHUNK, want))
+    @property
+    def chunk(self) -> int:
+        return self.sizer.chunk
+
+    def learn(self, done: Done) -> None:
+        self.sizer.learn(done.elapsed_ns, len(done.items))
         self.busy[done.worker] = self.busy.get(done.worker, 0) + done.elapsed_ns
 
     @property
@@ -659,7 +700,7 @@ class _Run:
         if stage.closed_input and not stage.buffer and stage.held == 0 and not stage.ready:
             self._close_after(i)
 
-    def _outputs(self, stage: _Stage, done: _Done) -> list[Any]:
+    def _outputs(self, stage: _Stage, done: Done) -> list[Any]:
         op = stage.spec.op
         out: list[Any] = []
         for k, item in enumerate(done.items):

@@ -87,6 +87,13 @@ def _pipeline(source: Any) -> cv.Pipeline:
             .map(abs, kind="thread", workers=2))
 
 
+def _grow(task: int, add: Any) -> int:
+    """A work queue that never ends by itself: every task adds two."""
+    add(task + 1)
+    add(task + 2)
+    return task
+
+
 def ctrl_c_storm() -> None:
     """argv: trials, mode. Modes:
 
@@ -94,11 +101,12 @@ def ctrl_c_storm() -> None:
       ``run(progress=True)`` or (every other trial) by a loop over ``iter()``.
     * ``burst``: several SIGINTs per trial, some arriving while the pipeline stops.
     * ``finish``: a short source; the SIGINT may come before, during or after the end.
+    * ``queue``: the same as ``single`` for ``work_queue`` (and ``iter_work_queue``).
     """
     global _armed
     faulthandler.register(signal.SIGUSR1)  # the test asks for every stack if a trial hangs
     trials, mode = int(sys.argv[2]), sys.argv[3]
-    if mode != "single":
+    if mode in ("burst", "finish"):
         signal.signal(signal.SIGINT, _on_sigint)
     _pipeline(range(100)).run(progress=True)  # imports and tqdm's lock, before counting fds
     fds_before = len(os.listdir("/proc/self/fd"))
@@ -111,7 +119,13 @@ def ctrl_c_storm() -> None:
         _armed = True
         try:
             pipe = _pipeline(source)
-            if mode == "single" and trial % 2:
+            if mode == "queue":
+                if trial % 2:
+                    for x in cv.iter_work_queue([0], _grow, workers=2, progress=True):
+                        got.append(x)
+                else:
+                    got = cv.work_queue([0], _grow, workers=2, progress=True)
+            elif mode == "single" and trial % 2:
                 for x in pipe.iter(progress=True):
                     got.append(x)
             else:
