@@ -142,8 +142,29 @@ def test_back_pressure_bounds_what_is_read_from_the_source() -> None:
     for taken, _ in enumerate(pipe, 1):
         if taken == 500:
             break
-    # Bounded by the buffers and in-flight windows, nowhere near 10 million.
-    assert next(read) < 500 + 20_000
+    # Bounded by the buffers and in-flight windows (at most 2 chunks of at most 8192
+    # items per worker), nowhere near 10 million.
+    assert next(read) < 500 + 64 * 4 + 2 * (2 + 2 + 1) * 8192
+
+
+def test_large_items_travel_in_small_chunks() -> None:
+    """Cheap work on large items: chunks are sized by bytes too, so what is read ahead
+    stays a few megabytes instead of thousands of 100 KB items."""
+    read = itertools.count()
+
+    def source():  # type: ignore[no-untyped-def]
+        for _ in range(100_000):
+            if next(read) > 400:
+                raise RuntimeError("the pipeline read too far ahead")
+            yield bytes(100_000)  # a new object each time, as a file's blocks would be
+
+    pipe = (cv.Pipeline(source(), maxsize=8)
+            .map(len, workers=2, maxsize=8)
+            .map(lambda n: time.sleep(0.002) or n, kind="thread", maxsize=8))  # slow
+    for taken, size in enumerate(pipe, 1):
+        assert size == 100_000
+        if taken == 100:
+            break
 
 
 def test_breaking_out_stops_every_worker() -> None:

@@ -250,7 +250,7 @@ class _Run:
         while queue and self.out < self.capacity:
             n = min(self.sizer.chunk, len(queue))
             items = [queue.popleft() for _ in range(n)]
-            self.call.submit(self.seq, items)
+            self.sizer.learn_size(self.call.submit(self.seq, items), n)
             self.seq += 1
             self.out += n
 
