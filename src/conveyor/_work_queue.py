@@ -2,23 +2,23 @@
 
 Data flow (the parent queues; workers run handlers)::
 
-    initial tasks --> [queue: a deque in the parent] --chunks--> workers: handler(task, add)
-                          ^                                              |
-                          +---- added tasks, in the message that reports --+
-                                their task's result
+    initial tasks --> [queue in the parent] --chunks--> workers: handler(task, add)
+                          ^                                          |
+                          +-- added tasks, in the message that ------+
+                              reports their task's result
 
 This answers the JoinableQueue question (when may a consumer stop?) for work that
 discovers more work, such as a crawler.
 
 * **The driver** runs in the caller's thread (no thread of its own). It keeps the tasks
-  not yet sent in a deque (a pointer per task, whatever the count: a handler that adds a
+  not yet sent in a list (a pointer per task, whatever the count: a handler that adds a
   million tasks costs tens of megabytes, not a future per task), sends them to the pool
   in chunks sized from measured run times (``ChunkSizer``: about 2 ms of work each, one
   task per chunk for slow handlers), and keeps at most two chunks per worker out, so
   what is in flight stays bounded however many tasks are queued.
 * **Workers** run ``handler(task, add)`` for each task of a chunk; every ``add`` is
   collected and travels back *with* the task's result, in the chunk's one message.
-* **Termination** needs no sentinels or timeouts: the run ends when the deque is empty
+* **Termination** needs no sentinels or timeouts: the run ends when the queue is empty
   and no chunk is out. The driver alone changes both, and it queues a finished chunk's
   added tasks before it counts that chunk as ended, so there is no moment at which
   both read empty while a task added "just before finishing" is still on its way:
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from conveyor._interrupts import Interrupts
-from conveyor._pipeline import ChunkCall, ChunkSizer, Done
+from conveyor._pipeline import ChunkCall, ChunkSizer, Done, Fifo
 from conveyor._pool import Pool
 from conveyor.errors import PipelineError, short_repr
 
@@ -142,7 +142,7 @@ class _Run:
         # One task per chunk when a timeout is set: it is meant for each task.
         self.one_per_chunk = pool_options.get("task_timeout") is not None
         self.cond = threading.Condition()
-        self.queue: deque[Any] = deque()  # tasks not sent yet
+        self.queue = Fifo()  # tasks not sent yet
         self.done: deque[Done] = deque()  # chunks ended, filled by the supervisor thread
         self.abort_error: BaseException | None = None
         self.out = 0  # tasks sent in chunks that have not ended
@@ -249,7 +249,7 @@ class _Run:
         assert self.call is not None
         while queue and self.out < self.capacity:
             n = min(self.sizer.chunk, len(queue))
-            items = [queue.popleft() for _ in range(n)]
+            items = queue.take(n)
             self.sizer.learn_size(self.call.submit(self.seq, items), n)
             self.seq += 1
             self.out += n
