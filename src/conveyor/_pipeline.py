@@ -13,8 +13,12 @@ Actors:
   chunks, hands them to the stage's workers, moves each stage's output into the next
   stage's bounded buffer (in input order when ``ordered``) and yields the last stage's
   output. It only reads or moves when the destination has room, so memory stays bounded
-  by the buffers whatever the source's length, and a slow stage slows everything before
-  it instead of filling memory.
+  whatever the source's length, and a slow stage slows everything before it instead of
+  filling memory. A stage holds at most ``maxsize`` items in its buffer plus two chunks
+  per worker in flight; a chunk is sized to about 2 ms of work (``ChunkSizer``), at most
+  8192 items or about 1 MiB of pickled input. The driver's own work is per chunk, not
+  per item (runs of items are sliced, filtered and joined as whole lists), and Ctrl-C is
+  held back while it runs, then raised where stopping is clean (``_interrupts``).
 * **Process stages** run on a :class:`conveyor.Pool` of their own, so a worker that dies
   fails only its item (``WorkerLostError``) and is replaced, exactly as in the pool.
   **Thread stages** (``kind="thread"``, for I/O) run on a thread pool.
@@ -462,7 +466,12 @@ class Pipeline:
     Iterating yields results as they come; ``run()`` returns them as a list. With
     ``ordered=True`` (the default) results keep the source's order. Each stage runs in
     processes (``kind="process"``, the default, for CPU work) or threads
-    (``kind="thread"``, for I/O); ``maxsize`` bounds the buffer in front of a stage.
+    (``kind="thread"``, for I/O); ``maxsize`` bounds the buffer in front of a stage
+    (beyond it, each stage has two chunks per worker in flight, sized by run time and
+    capped at about 1 MiB of pickled items each).
+
+    Ctrl-C stops every stage and raises ``KeyboardInterrupt`` once the workers are gone;
+    pressed again while they stop, it does not cut the clean-up short.
 
     An exception in a stage stops every stage and raises :class:`PipelineError` naming
     the stage and the item, with the original exception (and the worker's traceback) as
