@@ -43,9 +43,16 @@ from typing import Any
 class Interrupts:
     """The SIGINT handler of one driver run (see the module docstring)."""
 
-    __slots__ = ("_hook", "held", "installed", "previous", "shielded")
+    __slots__ = ("_hook", "held", "hold_in", "installed", "previous", "shielded")
 
-    def __init__(self) -> None:
+    def __init__(self, hold_in: Any = None) -> None:
+        # The code of the driver's generator: a Ctrl-C is never raised in its frame,
+        # even with the shield down, because CPython 3.13.0 leaves the closing jump of a
+        # loop inside ``try`` out of the exception table (the kind of gap reported as
+        # python/cpython#108214): raised there, the exception leaves the generator
+        # without running its ``finally``, and the workers are never stopped. The
+        # generator looks at ``held`` after each item instead.
+        self.hold_in = hold_in
         self.installed = False
         self.previous: Any = None  # the handler signals are passed to
         self._hook: Any = None  # the unraisable hook before ours
@@ -58,14 +65,17 @@ class Interrupts:
         previous = signal.getsignal(signal.SIGINT)
         if not callable(previous):
             return
+        # Installed first, so that restore() undoes whatever part was done if a Ctrl-C
+        # lands in the middle (the previous handler raises until ours is in place).
         self.previous = previous
         self._hook = sys.unraisablehook
-        signal.signal(signal.SIGINT, self._handle)
-        sys.unraisablehook = self._unraisable
         self.installed = True
+        sys.unraisablehook = self._unraisable
+        signal.signal(signal.SIGINT, self._handle)
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.shielded and self.installed:
+        if self.installed and (self.shielded or (frame is not None
+                                                 and frame.f_code is self.hold_in)):
             self.held = True
         else:
             self.previous(signum, frame)

@@ -591,7 +591,7 @@ class _Run:
         self.bars: list[Any] = []
         self.progress = progress
         self.started = 0.0
-        self.interrupts = Interrupts()
+        self.interrupts = Interrupts(hold_in=_Run.results.__code__)
 
     # ---- the driver loop, as a generator (iter) or to a list (run)
     #
@@ -609,6 +609,8 @@ class _Run:
                 self.interrupts.shielded = False
                 while out:
                     yield out.popleft()
+                    if self.interrupts.held:
+                        break  # raised by _advance(), where stopping is clean
                 self.interrupts.shielded = True
         except BaseException as exc:  # GeneratorExit too: the caller stopped early
             stopping = exc

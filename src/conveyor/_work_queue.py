@@ -151,7 +151,7 @@ class _Run:
         self.seen: set[Any] = set()
         self.seq = 0
         self.sizer = ChunkSizer()
-        self.interrupts = Interrupts()
+        self.interrupts = Interrupts(hold_in=_Run.results.__code__)
         self.pool: Pool | None = None
         self.call: ChunkCall | None = None
         self.bar: Any = None
@@ -191,7 +191,10 @@ class _Run:
                                         f"the work queue stopped: {err}") from err
                 results, failure = self._collect()
                 self.interrupts.shielded = False
-                yield from results
+                for result in results:
+                    yield result
+                    if self.interrupts.held:
+                        break  # raised at the top of the loop, where stopping is clean
                 self.interrupts.shielded = True
                 if failure is not None:
                     raise failure
