@@ -214,6 +214,21 @@ def test_ctrl_c_stops_the_pipeline() -> None:
     assert leftover == []
 
 
+def test_the_ctrl_c_handler_is_put_back_after_runs() -> None:
+    """A run holds Ctrl-C back while its own code runs; afterwards, and after nested
+    runs (a pipeline as another's source) or an iterator closed early, the handlers are
+    the ones from before."""
+    before = (signal.getsignal(signal.SIGINT), sys.unraisablehook)
+    inner = cv.Pipeline(range(50)).map(double, workers=1)
+    outer = cv.Pipeline(iter(inner)).map(square, workers=1)
+    assert outer.run() == [(2 * x) ** 2 for x in range(50)]
+    it = cv.Pipeline(range(10)).map(double).iter()
+    next(it)
+    assert signal.getsignal(signal.SIGINT) is not before[0]  # held back while it runs
+    it.close()  # type: ignore[attr-defined]
+    assert (signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
+
+
 class _Lines:
     """Lines from a child's stdout, each awaited with a deadline (a hang fails the test)."""
 
