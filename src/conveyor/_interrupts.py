@@ -26,7 +26,9 @@ stopped.
 The user's code keeps the normal behaviour (the shield is down while the source's
 iterator and the caller's loop body run), so a blocking source can still be interrupted.
 A ``KeyboardInterrupt`` that a finalizer swallows there is seen by ``sys.unraisablehook``
-and raised at the driver's next safe point instead of being lost.
+and raised at the driver's next safe point instead of being lost. The one exception is
+the frame of the driver's generator between two items: a Ctrl-C is held there too and
+raised by the generator after the item (see ``hold_in``: a CPython 3.13.0 gap).
 
 Only the main thread receives signals, so a driver in another thread installs nothing;
 neither does one whose SIGINT handler is not a Python callable (``SIG_IGN``, ``SIG_DFL``).
