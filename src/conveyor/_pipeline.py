@@ -272,7 +272,8 @@ class ChunkCall(_Call):
         self.left[seq] = len(items)
         records = self._make_records(items, [(0, len(items))], offset=seq << _SEQ_SHIFT)
         self.sup.submit(records)
-        return len(records[0].data)
+        data = records[0].data  # pickled here, so a pickling error names the item now
+        return len(data) if data is not None else 0
 
     def complete(self, rec: Record, values: Any, errors: dict[int, BaseException],
                  skip: Any) -> None:
