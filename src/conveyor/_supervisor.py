@@ -350,6 +350,15 @@ class Supervisor:
             # watch it (see _worker), and the pool joins them at interpreter exit.
             daemon=False,
         )
+        # A worker starts with SIGINT blocked (a child inherits the mask across fork and
+        # exec) and ignores it before unblocking: a Ctrl-C to the process group during
+        # its start-up must not kill it with a traceback before worker_main ignores
+        # SIGINT. (CPython's resource tracker is launched the same way.) Under
+        # forkserver the server forks, so the mask here does not matter, and blocking
+        # it could leave the server, started lazily by this very call, with SIGINT
+        # blocked for good.
+        mask = {signal.SIGINT} if self._ctx.get_start_method() != "forkserver" else set()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
         try:
             with warnings.catch_warnings():
                 # CPython 3.12+ warns when forking a multi-threaded process (gh-100228);
@@ -362,6 +371,7 @@ class Supervisor:
                 os.close(fd)
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child_task.close()
             child_result.close()
         w = _Worker(index, process, _frames.FrameWriter(task_w), _frames.FrameReader(result_r))

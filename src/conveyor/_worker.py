@@ -265,6 +265,7 @@ def worker_main(
     global _state, _index, _forked_child
     _forked_child = False  # a worker of a pool nested in a task is forked from a worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     task_fd = os.dup(task_conn.fileno())
     result_fd = os.dup(result_conn.fileno())
     task_conn.close()
