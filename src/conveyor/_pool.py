@@ -291,6 +291,7 @@ class _FutureCall(Record):
         self.attempts = 0
         self.elapsed_ns = 0
         self.worker = -1
+        self.trace = None
         self.started = False
 
     @property
@@ -715,8 +716,10 @@ class Pool(futures.Executor):
     (bytes of RSS; a worker above it is replaced between tasks), ``task_timeout``
     (seconds), ``retries`` (re-runs of a task whose worker died), ``retry_on``
     (exception types that are retried too), ``start_method`` ("fork", "forkserver",
-    "spawn") or ``context``, and ``progress`` (True for a tqdm bar per call, or a
-    callable ``fn(done, total)``).
+    "spawn") or ``context``, ``progress`` (True for a tqdm bar per call, or a
+    callable ``fn(done, total)``) and ``trace`` (a file name ending in .json, .json.gz or
+    .html, written when the pool stops, or a :class:`conveyor.Trace`; see
+    :func:`conveyor.trace`).
     """
 
     def __init__(
@@ -737,6 +740,7 @@ class Pool(futures.Executor):
         retries: int = 0,
         retry_on: Iterable[type[BaseException]] = (),
         progress: ProgressSpec = False,
+        trace: Any = None,
     ) -> None:
         given = [v for v in (workers, processes, max_workers) if v is not None]
         if len(set(given)) > 1:
@@ -754,6 +758,9 @@ class Pool(futures.Executor):
         _check_timeout(task_timeout)
         _check_retries(retries)
         retry_types = _check_retry_on(retry_on)
+        from conveyor._trace._api import for_pool
+
+        tracer = for_pool(trace)
         ctx = context or mp_context
         if ctx is None:
             ctx = multiprocessing.get_context(start_method)
@@ -791,7 +798,7 @@ class Pool(futures.Executor):
                 init = (fn_bytes, args, False)
         self._callbacks = CallbackThread()
         try:
-            self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
+            self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory, tracer)
         except Exception as exc:
             if init is not None and not init[2]:
                 err = _serialize.serialization_error(

@@ -67,6 +67,7 @@ from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _frames, _serialize, _worker
+from conveyor._trace import _recorder as _trace
 from conveyor.errors import (
     ConveyorError,
     PoolClosedError,
@@ -128,7 +129,7 @@ class Record:
     """One unit of dispatch: a single call, or a chunk of items of a map."""
 
     __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
-                 "worker")
+                 "trace", "worker")
 
     def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes) -> None:
         self.rid = 0
@@ -140,6 +141,7 @@ class Record:
         self.attempts = 0  # failures charged to this record (its retries used)
         self.elapsed_ns = 0  # run time in the worker, once it ran
         self.worker = -1  # index of the worker slot that ran it
+        self.trace: _trace.Mark | None = None  # set when a trace records it
 
     @property
     def size(self) -> int:
@@ -153,6 +155,7 @@ class Record:
         part = self.items[start:stop]
         rec = Record(self.call, self.base + start, part, self.mode, _serialize.dumps(part))
         rec.attempts = self.attempts
+        rec.trace = _trace.copy_mark(self.trace)
         return rec
 
 
@@ -202,8 +205,10 @@ class Supervisor:
         init: tuple[bytes, Any, bool] | None,
         maxtasks: int | None,
         max_memory: int | None,
+        trace: Any = None,
     ) -> None:
         self._ctx = ctx
+        self.trace: _trace.Recorder | None = trace  # Pool(trace=...): this pool's own
         self._nworkers = workers
         self._init = init
         self._maxtasks = maxtasks
@@ -272,6 +277,9 @@ class Supervisor:
                                       "the interpreter is shutting down; no new work "
                                       "can be submitted")
             self.pending.extend(records)
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:
+            tracer.submitted(records)
         # Waking the supervisor costs a GIL hand-off between threads; when every worker
         # already has work, the results they send will wake it anyway.
         if self.needs_work:
@@ -356,6 +364,12 @@ class Supervisor:
         self._fd_owner[task_w] = ("write", w)
         self._poll.register(result_r, select.POLLIN)
         self._poll.register(w.sentinel, select.POLLIN)
+        self._trace_event(w, _trace.START)
+
+    def _trace_event(self, w: _Worker, kind: int) -> None:
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:
+            tracer.worker_event(self, w, kind)
 
     def _die_with_parent(self) -> bool:
         # PR_SET_PDEATHSIG follows the thread that forked the worker, so ask for it only
@@ -408,6 +422,8 @@ class Supervisor:
                 self._abort_all(self.broken or PoolClosedError("the pool stopped"))
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+                if self.trace is not None:
+                    self.trace.pool_stopped(self)
                 self.stopped.set()
                 if self.after_stop is not None:
                     self.after_stop()
@@ -553,6 +569,9 @@ class Supervisor:
                 # argument is then not copied once more into the list's pickle, nor
                 # out of it in the worker.
                 mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
+                if rec.trace is not None:
+                    mode |= _worker.TRACED
+                    rec.trace.dispatched = time.monotonic_ns()
                 batch.append((rec.rid, fn_id, fn_bytes, mode, len(rec.data)))
                 datas.append(rec.data)
                 w.outstanding[rec.rid] = rec
@@ -627,10 +646,12 @@ class Supervisor:
             if kind == _worker.RESULTS:
                 self._handle_results(w, payload)
             elif kind == _worker.READY:
+                self._trace_event(w, _trace.READY)
                 w.ready = True
                 self._start_failures = 0
                 self.needs_work = True
             elif kind == _worker.RETIRE:
+                self._trace_event(w, _trace.RETIRE)
                 w.retiring = True
             elif kind == _worker.INIT_FAILED:
                 try:
@@ -645,6 +666,8 @@ class Supervisor:
         (head_len,) = _worker.HEAD_LEN.unpack_from(view, 0)
         offset = _worker.HEAD_LEN.size + head_len
         heads = pickle.loads(view[_worker.HEAD_LEN.size:offset])
+        if heads.__class__ is tuple:  # traced records: (heads, timestamps, sent)
+            heads = _trace.results(self, w, *heads)
         calls: dict[Any, None] = {}
         revoked: list[Record] = []
         loads = pickle.loads
@@ -728,6 +751,7 @@ class Supervisor:
         running_rid = self._slots[slot + _worker.SLOT_RECORD]
         item = self._slots[slot + _worker.SLOT_ITEM]
         peak_kb = self._slots[slot + _worker.SLOT_PEAK_RSS_KB]
+        started = self._slots[slot + _worker.SLOT_STARTED_NS]
         sending = self._slots[slot + _worker.SLOT_PHASE] == _worker.PHASE_SEND
         for i in range(_worker.SLOT_SIZE):
             self._slots[slot + i] = 0
@@ -752,6 +776,10 @@ class Supervisor:
                 if item + 1 < rec.size:
                     requeue.append(rec.split(item + 1, rec.size))
             self._fail_running(w, rec, item, exitcode, peak_kb, sending, requeue, failed)
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:
+            tracer.worker_exited(self, w, graceful, exitcode, peak_kb,
+                                 w.outstanding.get(running_rid), started, failed)
         w.outstanding.clear()
         w.taking_back = None
         self.pending.extendleft(reversed(requeue))

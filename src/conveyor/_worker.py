@@ -57,6 +57,11 @@ RETIRE = 13
 # A RESULTS frame has the same shape: u64 length of the pickled list of
 # (record id, status, result length, run time ns), the list, then each record's pickled
 # result back to back. Results are pickled one record at a time (see the docstring).
+# When records of the frame were TRACED, the head is instead a tuple (that list, a list
+# of (record id, message read, started, arguments loaded, returned, result pickled), the
+# monotonic ns just before sending): the supervisor tells the two apart by type, once
+# per frame, so untraced work pays nothing. ``perf_counter_ns`` and ``monotonic_ns``
+# both read CLOCK_MONOTONIC on Linux, one clock for every process of the machine.
 HEAD_LEN = struct.Struct("<Q")
 
 # Task modes.
@@ -65,6 +70,7 @@ MAP = 1  # payload: items            -> [fn(x) for x in items]
 STARMAP = 2  # payload: items of tuples -> [fn(*x) for x in items]
 MODE_MASK = 3
 TIMED = 4  # flag: the call has a task_timeout, so each item's start time is recorded
+TRACED = 8  # flag: a trace records this record's timestamps (see conveyor._trace)
 
 # Result statuses.
 OK = 0
@@ -128,6 +134,7 @@ def _leave_forked_child() -> None:
     sys.stderr.flush()
     os._exit(1)
 _thread_state = threading.local()  # for thread stages of a pipeline
+_loaded_ns = [0]  # when _run finished unpickling a TRACED record's arguments
 
 
 def set_thread_state(state: Any) -> None:
@@ -315,6 +322,7 @@ def _task_loop(
     fns = _FunctionCache()
     heads: list[tuple[int, int, int, int]] = []
     blobs: list[bytes] = []
+    traced: list[tuple[int, ...]] = []
     first_unsent = 0
     done = 0
     page = os.sysconf("SC_PAGE_SIZE")
@@ -324,7 +332,11 @@ def _task_loop(
     def flush() -> None:
         nonlocal first_unsent
         slots[base + SLOT_PEAK_RSS_KB] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        head = pickle.dumps(heads, _serialize.PROTOCOL)
+        if traced:
+            head = pickle.dumps((heads, traced, time.monotonic_ns()), _serialize.PROTOCOL)
+            traced.clear()
+        else:
+            head = pickle.dumps(heads, _serialize.PROTOCOL)
         _frames.write_frame(result_fd, RESULTS, [HEAD_LEN.pack(len(head)), head, *blobs])
         heads.clear()
         blobs.clear()
@@ -334,6 +346,7 @@ def _task_loop(
         if heads and not poller.poll(0):
             flush()  # nothing more queued: don't sit on finished results
         kind, payload = _frames.read_frame(task_fd)
+        got = time.monotonic_ns()
         if kind == STOP:
             if heads:
                 flush()
@@ -368,6 +381,9 @@ def _task_loop(
             slots[base + SLOT_PHASE] = PHASE_RUN
             heads.append((rec_id, status, len(blob), elapsed))
             blobs.append(blob)
+            if mode & TRACED:
+                traced.append((rec_id, got, t0, max(t0, _loaded_ns[0]), t0 + elapsed,
+                               time.monotonic_ns()))
             if not first_unsent:
                 first_unsent = t0
             done += 1
@@ -398,6 +414,8 @@ def _run(fn: Callable[..., Any], mode: int, data: memoryview, slots: Any, base: 
             what="argument",
         )
         return FAILED, _encode_exception(err)
+    if mode & TRACED:
+        _loaded_ns[0] = time.perf_counter_ns()
     kind = mode & MODE_MASK
     if kind == CALL:
         args, kwargs = payload
