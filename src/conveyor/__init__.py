@@ -52,11 +52,11 @@ if TYPE_CHECKING:
     from conveyor._struct import shared_struct as shared_struct
     from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
     from conveyor._team import TeamContext as TeamContext
+    from conveyor._team import team as team
     from conveyor._trace._api import Trace as Trace
     from conveyor._trace._api import trace as trace
     from conveyor._trace._view import Span as Span
     from conveyor._trace._view import TraceSummary as TraceSummary
-    from conveyor._team import team as team
     from conveyor._work_queue import iter_work_queue as iter_work_queue
     from conveyor._work_queue import work_queue as work_queue
     from conveyor._worker import worker_index as worker_index

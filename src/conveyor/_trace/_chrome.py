@@ -69,9 +69,9 @@ def _write(rec: R.Recorder, f: IO[str]) -> None:
             f'"args":{{"sort_index":{order}}}}}')
     names: dict[str, str] = {}
     for s in all_spans:
-        name = names.get(s.function)
-        if name is None:
-            name = names[s.function] = dumps(s.function)
+        quoted = names.get(s.function)
+        if quoted is None:
+            quoted = names[s.function] = dumps(s.function)
         args = f'"n":{s.items},"in":{s.arg_bytes},"out":{s.result_bytes}'
         if s.status != "ok":
             args += f',"status":"{s.status}"'
@@ -79,19 +79,19 @@ def _write(rec: R.Recorder, f: IO[str]) -> None:
             args += ',"error":' + dumps(s.error)
         if s.label is not None:
             args += ',"call":' + dumps(s.label)
-        out(f'{{"name":{name},"ph":"X","ts":{_us(s.started_ns - origin)},'
+        out(f'{{"name":{quoted},"ph":"X","ts":{_us(s.started_ns - origin)},'
             f'"dur":{_us(s.pickled_ns - s.started_ns)},"pid":{s.pool},"tid":{s.pid},'
             f'"args":{{{args}}}}}')
     for ev in all_events:
-        args = {}
+        facts: dict[str, int | str] = {}
         if ev.exitcode is not None:
-            args["exitcode"] = ev.exitcode
+            facts["exitcode"] = ev.exitcode
             if ev.exitcode < 0:
-                args["signal"] = _view.signal_text(ev.exitcode)
+                facts["signal"] = _view.signal_text(ev.exitcode)
         if ev.peak_rss is not None:
-            args["peak_rss_bytes"] = ev.peak_rss
+            facts["peak_rss_bytes"] = ev.peak_rss
         if ev.replaces is not None:
-            args["replaces_pid"] = ev.replaces
+            facts["replaces_pid"] = ev.replaces
         out(f'{{"name":{dumps(ev.kind)},"ph":"i","s":"t","ts":{_us(ev.ns - origin)},'
-            f'"pid":{ev.pool},"tid":{ev.pid},"args":{dumps(args)}}}')
+            f'"pid":{ev.pool},"tid":{ev.pid},"args":{dumps(facts)}}}')
     f.write("\n]}\n")

@@ -149,6 +149,9 @@ class Recorder:
 
     # ----------------------------------------------------------- pool hooks
 
+    def pool_stopped(self, sup: Any) -> None:
+        """A pool whose own trace this is has stopped (see ``Trace``)."""
+
     def submitted(self, records: list[Any]) -> None:
         if self.end_ns or os.getpid() != self.pid:
             return  # stopped, or inherited by a forked child: not this process's trace

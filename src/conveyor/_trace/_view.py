@@ -160,8 +160,10 @@ def spans(rec: R.Recorder) -> list[Span]:
         fns = list(rec.functions)
         labels = dict(rec.labels)
         errors = dict(rec.errors)
-    return [Span(r[0], r[1], r[2], fns[r[3]], *r[4:7], R.STATUS_NAMES.get(r[7], str(r[7])),
-                 *r[8:], labels.get(i), errors.get(i)) for i, r in enumerate(rows)]
+    return [Span(r[0], r[1], r[2], fns[r[3]], r[4], r[5], r[6],
+                 R.STATUS_NAMES.get(r[7], str(r[7])), r[8], r[9], r[10], r[11], r[12], r[13],
+                 r[14], r[15], r[16], labels.get(i), errors.get(i))
+            for i, r in enumerate(rows)]
 
 
 def events(rec: R.Recorder) -> list[WorkerEvent]:
@@ -198,7 +200,7 @@ def lanes_of(all_spans: list[Span], all_events: list[WorkerEvent], end_ns: int
         if not lane[3]:
             lane[3] = max([end_ns] + [s.received_ns for s in lane[1]])
     order = sorted(found, key=lambda k: (k[0], found[k][0], found[k][2]))
-    return {k: tuple(found[k]) for k in order}  # type: ignore[misc]
+    return {k: tuple(found[k]) for k in order}
 
 
 def summarize(rec: R.Recorder) -> TraceSummary:
