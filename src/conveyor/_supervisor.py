@@ -271,15 +271,15 @@ class Supervisor:
 
     def submit(self, records: list[Record]) -> None:
         """Queue records; raises PoolClosedError once the pool takes no more work."""
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:  # marked before the supervisor thread can see them
+            tracer.submitted(records)
         with self.intake:
             if not self.accepting or _interpreter_exiting:
                 raise PoolClosedError(self.refusal if not self.accepting else
                                       "the interpreter is shutting down; no new work "
                                       "can be submitted")
             self.pending.extend(records)
-        tracer = self.trace or _trace.ACTIVE
-        if tracer is not None:
-            tracer.submitted(records)
         # Waking the supervisor costs a GIL hand-off between threads; when every worker
         # already has work, the results they send will wake it anyway.
         if self.needs_work:
@@ -546,6 +546,7 @@ class Supervisor:
             if room <= 0 or w.writer.pending_bytes > _MAX_PENDING_BYTES:
                 continue
             batch = []
+            traced: list[Record] = []
             datas: list[bytes] = []
             size = 0
             known = w.known_fns
@@ -571,7 +572,7 @@ class Supervisor:
                 mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
                 if rec.trace is not None:
                     mode |= _worker.TRACED
-                    rec.trace.dispatched = time.monotonic_ns()
+                    traced.append(rec)
                 batch.append((rec.rid, fn_id, fn_bytes, mode, len(rec.data)))
                 datas.append(rec.data)
                 w.outstanding[rec.rid] = rec
@@ -579,6 +580,8 @@ class Supervisor:
                 room -= 1
             if batch:
                 head = pickle.dumps(batch, _serialize.PROTOCOL)
+                if traced:
+                    traced[0].trace[0].dispatched(self, traced)  # type: ignore[index]
                 w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
                 self._flush(w)
 
@@ -666,7 +669,7 @@ class Supervisor:
         (head_len,) = _worker.HEAD_LEN.unpack_from(view, 0)
         offset = _worker.HEAD_LEN.size + head_len
         heads = pickle.loads(view[_worker.HEAD_LEN.size:offset])
-        if heads.__class__ is tuple:  # traced records: (heads, timestamps, sent)
+        if heads.__class__ is tuple:  # traced records: (heads, their timestamps, ...)
             heads = _trace.results(self, w, *heads)
         calls: dict[Any, None] = {}
         revoked: list[Record] = []

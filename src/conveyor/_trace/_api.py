@@ -119,8 +119,8 @@ class Trace(_recorder.Recorder):
                              f"{type(exc).__name__}: {exc}\n")
 
     def __repr__(self) -> str:
-        return (f"<conveyor.Trace {self.path!r}: {len(self.span_rows)} spans, "
-                f"{len(self.event_rows)} worker events, {self.dropped} dropped>")
+        return (f"<conveyor.Trace {self.path!r}: {self.kept} spans and worker events, "
+                f"{self.dropped} dropped>")
 
 
 def trace(path: str | os.PathLike[str] | None = None, *,

@@ -1,9 +1,12 @@
-"""The recorder: what the pool's hooks call, and the integers it keeps.
+"""The recorder: what the pool's hooks call, and what it keeps.
 
 Everything here runs in the pool's own threads (callers' ``submit``, the supervisor), so
-it only appends tuples of integers to lists; names, labels and error messages are kept
-once per function, per slow task or per failure. The writers read these lists after the
-fact (``_view``, ``_chrome``, ``_html``).
+the hooks do as little as they can per record: a submit tags each record with one tuple
+shared by the whole call (``Mark``: recorder, submit time, function name); a dispatch
+logs, once per frame, its time and the ids and marks of the traced records in it; a
+results frame is kept as the bytes the worker packed (``_worker.TRACE_ROW``, 80 bytes
+per record). Spans are assembled from these only when read (``_view``). Names, labels
+and error messages are kept once per function, per slow task or per failure.
 
 Per record, the timestamps (CLOCK_MONOTONIC, ns) in the order they happen::
 
@@ -17,14 +20,17 @@ Per record, the timestamps (CLOCK_MONOTONIC, ns) in the order they happen::
     sent        the worker sent the frame holding that result    (worker)
     received    the supervisor read that frame                   (parent, supervisor)
 
-The worker's five travel back in the head of the RESULTS frame (see ``_worker``), so
-finished work is recorded even when its worker dies later. The record running at a
+The worker's timestamps travel back in the head of the RESULTS frame (see ``_worker``),
+so finished work is recorded even when its worker dies later. The record running at a
 death is recorded by the supervisor as it handles the death: from the start time in the
 worker's status slot to that moment, with the error its task failed with.
+
+Memory: ~130 bytes per span (the packed row, and the dispatch log's id and mark).
 """
 
 from __future__ import annotations
 
+import array
 import heapq
 import os
 import threading
@@ -66,27 +72,21 @@ ACTIVE: Recorder | None = None
 _active_lock = threading.Lock()
 
 
-class Mark:
-    """Rides on a traced record (its ``trace`` slot) from submit to result."""
-
-    __slots__ = ("dispatched", "recorder", "submitted")
-
-    def __init__(self, recorder: Recorder, submitted: int) -> None:
-        self.recorder = recorder
-        self.submitted = submitted
-        self.dispatched = 0
+# What a traced record carries in its ``trace`` slot: (recorder, submitted ns, function
+# name), one tuple per submit call, shared by its records and their splits.
+Mark = tuple[Any, int, str]
 
 
 def copy_mark(mark: Mark | None) -> Mark | None:
-    """The mark of a record split from a traced one (same submit time)."""
-    return None if mark is None else Mark(mark.recorder, mark.submitted)
+    """The mark of a record split from a traced one: the same tuple (same submit)."""
+    return mark
 
 
 class Recorder:
     """Spans and worker events of every pool that records into it.
 
-    Appends happen from several threads (each pool's supervisor, callers); a lock is
-    taken once per results frame, not per span."""
+    Appends happen from several threads (each pool's supervisor, callers); list appends
+    are atomic, and the lock guards only what is rare (pool numbers, labels, deaths)."""
 
     def __init__(self, max_events: int = DEFAULT_MAX_EVENTS) -> None:
         if isinstance(max_events, bool) or not isinstance(max_events, int) or max_events < 1:
@@ -95,42 +95,52 @@ class Recorder:
         self.pid = os.getpid()
         self.origin_ns = time.monotonic_ns()
         self.end_ns = 0  # when recording stopped (0: still recording)
-        self.span_rows: list[tuple[int, ...]] = []
-        self.event_rows: list[tuple[int, ...]] = []  # (pool, slot, pid, kind, ns, a, b)
+        self.kept = 0  # spans and events kept
         self.dropped = 0
+        # Dispatched traced records, in arrays, not tuples: the cyclic garbage collector
+        # walks every tracked object at each full collection, and a million tuples that
+        # hold the recorder made a long traced run slower as it went. Per frame: pool,
+        # number of traced records, dispatch ns; per record: id, submit ns, function.
+        self.dispatch_frames = array.array("q")
+        self.dispatch_rids = array.array("q")
+        self.dispatch_submits = array.array("q")
+        self.dispatch_fns = array.array("q")
         self.functions: list[str] = []
         self._fn_ids: dict[str, int] = {}
-        self.labels: dict[int, str] = {}  # span index -> short repr of its arguments
-        self.errors: dict[int, str] = {}  # span index -> error message
-        self._slowest: list[tuple[int, int]] = []  # heap of (run ns, span index)
+        # (pool, slot, pid, packed TRACE_ROWs, sent, received): one per results frame.
+        self.frames: list[tuple[int, int, int, bytes, int, int]] = []
+        # Spans of records cut short by a death: (pool, slot, pid, rid, status, items,
+        # argument bytes, started, ended, error text).
+        self.lost: list[tuple[int, int, int, int, int, int, int, int, int, str]] = []
+        self.event_rows: list[tuple[int, ...]] = []  # (pool, slot, pid, kind, ns, a, b)
+        self.labels: dict[tuple[int, int], str] = {}  # (pool, rid) -> short repr
+        self._slowest: list[tuple[int, tuple[int, int]]] = []  # heap of (run ns, key)
         self.pools: list[tuple[int, int]] = []  # pool number - 1 -> (owner pid, workers)
-        self._pool_ids: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._pool_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
         self._slot_pids: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
 
     def _pool(self, sup: Any) -> int:
-        number = self._pool_ids.get(sup)
-        if number is None:
+        """The pool's number in this trace (by id, checked by a weak reference: cheaper
+        per frame than a WeakKeyDictionary, and an id reused later is not mistaken)."""
+        known = self._pool_ids.get(id(sup))
+        if known is not None and known[0]() is sup:
+            return known[1]
+        with self._lock:
             self.pools.append((os.getpid(), len(sup._workers)))
-            number = self._pool_ids[sup] = len(self.pools)
-        return number
+            self._pool_ids[id(sup)] = (weakref.ref(sup), len(self.pools))
+            return len(self.pools)
 
-    def _fn(self, name: str) -> int:
-        fn = self._fn_ids.get(name)
-        if fn is None:
-            fn = self._fn_ids[name] = len(self.functions)
-            self.functions.append(name)
-        return fn
-
-    def _room(self) -> bool:
-        if len(self.span_rows) + len(self.event_rows) < self.max_events:
+    def _room(self, n: int) -> bool:
+        if self.kept + n <= self.max_events:
+            self.kept += n
             return True
-        self.dropped += 1
+        self.dropped += n
         return False
 
-    def _keep_if_slow(self, index: int, run_ns: int, rec: Any) -> None:
+    def _keep_if_slow(self, key: tuple[int, int], run_ns: int, rec: Any) -> None:
         slowest = self._slowest
         if len(slowest) >= SLOWEST_KEPT and run_ns <= slowest[0][0]:
             return
@@ -140,12 +150,13 @@ class Recorder:
                 label += f" and {rec.size - 1} more items"
         except Exception as exc:  # a __repr__ that raises must not stop the supervisor
             label = f"{rec.call.fn_name}(<repr failed: {type(exc).__name__}>)"
-        self.labels[index] = label
-        if len(slowest) >= SLOWEST_KEPT:
-            _, gone = heapq.heapreplace(slowest, (run_ns, index))
-            self.labels.pop(gone, None)
-        else:
-            heapq.heappush(slowest, (run_ns, index))
+        with self._lock:
+            self.labels[key] = label
+            if len(slowest) >= SLOWEST_KEPT:
+                _, gone = heapq.heapreplace(slowest, (run_ns, key))
+                self.labels.pop(gone, None)
+            else:
+                heapq.heappush(slowest, (run_ns, key))
 
     # ----------------------------------------------------------- pool hooks
 
@@ -153,38 +164,62 @@ class Recorder:
         """A pool whose own trace this is has stopped (see ``Trace``)."""
 
     def submitted(self, records: list[Any]) -> None:
-        if self.end_ns or os.getpid() != self.pid:
-            return  # stopped, or inherited by a forked child: not this process's trace
-        now = time.monotonic_ns()
-        for rec in records:
-            rec.trace = Mark(self, now)
+        if records:
+            mark = (self, time.monotonic_ns(), records[0].call.fn_name)
+            for rec in records:
+                rec.trace = mark
 
-    def add_span(self, sup: Any, w: Any, rec: Any, status: int, result_bytes: int,
-                 times: tuple[int, ...]) -> None:
-        """One finished record; ``times`` from ``dispatched`` to ``received``... see the
-        module docstring (``submitted`` and ``dispatched`` come from its mark)."""
-        with self._lock:
-            if not self._room():
-                return
-            index = len(self.span_rows)
-            self.span_rows.append((
-                self._pool(sup), w.index, w.pid, self._fn(rec.call.fn_name), rec.size,
-                len(rec.data), result_bytes, status, rec.trace.submitted, rec.trace.dispatched,
-                *times))
-            self._keep_if_slow(index, times[3] - times[2], rec)
+    def dispatched(self, sup: Any, records: list[Any]) -> None:
+        """A frame holding these traced records is on its way to a worker."""
+        if self.kept >= self.max_events:
+            return
+        now = time.monotonic_ns()
+        marks = [rec.trace for rec in records]
+        names = [mark[2] for mark in marks]
+        if names.count(names[0]) == len(names):  # the usual case: one function
+            fns = [self._fn(names[0])] * len(names)
+        else:
+            fns = [self._fn(name) for name in names]
+        pool = self._pool(sup)
+        with self._lock:  # the four arrays stay aligned
+            self.dispatch_frames.extend((pool, len(records), now))
+            self.dispatch_rids.extend([rec.rid for rec in records])
+            self.dispatch_submits.extend([mark[1] for mark in marks])
+            self.dispatch_fns.extend(fns)
+
+    def _fn(self, name: str) -> int:
+        fn = self._fn_ids.get(name)
+        if fn is None:
+            with self._lock:
+                fn = self._fn_ids.setdefault(name, len(self.functions))
+                if fn == len(self.functions):
+                    self.functions.append(name)
+        return fn
+
+    def received(self, sup: Any, w: Any, rows: bytes, sent: int, slow: Any, slow_ns: int
+                 ) -> None:
+        """A results frame with the packed rows of its traced records."""
+        received = time.monotonic_ns()
+        pool = self._pool(sup)
+        if not self._room(len(rows) // ROW_SIZE):
+            return
+        self.frames.append((pool, w.index, w.pid, rows, sent, received))
+        if slow is not None and (len(self._slowest) < SLOWEST_KEPT
+                                 or slow_ns > self._slowest[0][0]):
+            self._keep_if_slow((pool, slow.rid), slow_ns, slow)
 
     def worker_event(self, sup: Any, w: Any, kind: int, a: int = 0, b: int = 0) -> None:
         if os.getpid() != self.pid:
-            return
+            return  # inherited by a forked child: not this process's trace
         now = time.monotonic_ns()
+        pool = self._pool(sup)
         with self._lock:
-            pool = self._pool(sup)
             if kind == START:
                 before = self._slot_pids.get((pool, w.index))
                 self._slot_pids[(pool, w.index)] = w.pid
                 if before is not None:
                     kind, a = REPLACE, before
-            if self._room():
+            if self._room(1):
                 self.event_rows.append((pool, w.index, w.pid, kind, now, a, b))
 
     def worker_exited(self, sup: Any, w: Any, graceful: bool, exitcode: int | None,
@@ -198,7 +233,7 @@ class Recorder:
         self.worker_event(sup, w, EXIT if graceful else DEATH, code, max(0, peak_kb) * 1024)
         if not graceful and running is not None and running.trace is not None:
             exc = next((e for single, e in failed if single.call is running.call), None)
-            running.trace.recorder.add_lost_span(sup, w, running, started, exc, exitcode)
+            running.trace[0].add_lost_span(sup, w, running, started, exc, exitcode)
 
     def add_lost_span(self, sup: Any, w: Any, rec: Any, started: int,
                       exc: BaseException | None, exitcode: int | None) -> None:
@@ -206,33 +241,26 @@ class Recorder:
         kind = type(exc).__name__ if exc is not None else ""
         status = (RETRIED if exc is None else TIMEOUT if kind == "TaskTimeoutError"
                   else CANCELLED if kind == "CancelledError" else LOST)
-        mark = rec.trace
-        started = max(started or now, mark.dispatched)
+        error = (f"{kind}: {exc}" if exc is not None else
+                 f"the worker died (exit code {exitcode}); the task was queued again")
+        pool = self._pool(sup)
         with self._lock:
-            if not self._room():
+            if not self._room(1):
                 return
-            index = len(self.span_rows)
-            self.span_rows.append((
-                self._pool(sup), w.index, w.pid, self._fn(rec.call.fn_name), rec.size,
-                len(rec.data), 0, status, mark.submitted, mark.dispatched, started, started,
-                started, now, now, now, now))
-            self.errors[index] = (f"{kind}: {exc}" if exc is not None else
-                                  f"the worker died (exit code {exitcode}); the task was "
-                                  "queued again")
-            self._keep_if_slow(index, now - started, rec)
+            self.lost.append((pool, w.index, w.pid, rec.rid, status, rec.size,
+                              len(rec.data), started or now, now, error))
+        self._keep_if_slow((pool, rec.rid), now - (started or now), rec)
 
 
-def results(sup: Any, w: Any, heads: list[tuple[int, int, int, int]],
-            rows: list[tuple[int, ...]], sent: int) -> list[tuple[int, int, int, int]]:
-    """Record the spans of one traced RESULTS frame (each into the recorder its record
-    was marked by); returns the frame's plain head list."""
-    received = time.monotonic_ns()
-    status_of = {rid: (status, size) for rid, status, size, _ in heads}
-    for rid, read, started, loaded, returned, pickled in rows:
-        rec = w.outstanding.get(rid)
-        if rec is None or rec.trace is None:
-            continue  # failed at a death already, or taken back
-        status, size = status_of[rid]
-        rec.trace.recorder.add_span(sup, w, rec, status, size,
-                                    (read, started, loaded, returned, pickled, sent, received))
+ROW_SIZE = 80  # _worker.TRACE_ROW.size: ten int64
+
+
+def results(sup: Any, w: Any, heads: list[tuple[int, int, int, int]], rows: bytes,
+            sent: int, slow_rid: int, slow_ns: int) -> list[tuple[int, int, int, int]]:
+    """Keep the trace rows of one traced RESULTS frame, in the recorder that marked its
+    records (the slowest one's; a frame mixing two traces goes to one of them); returns
+    the frame's plain head list."""
+    slow = w.outstanding.get(slow_rid)
+    if slow is not None and slow.trace is not None:
+        slow.trace[0].received(sup, w, rows, sent, slow, slow_ns)
     return heads

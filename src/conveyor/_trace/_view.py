@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import signal
+import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -155,15 +156,40 @@ def signal_text(exitcode: int) -> str:
 
 
 def spans(rec: R.Recorder) -> list[Span]:
+    """Assemble the spans from the recorder's per-frame logs (see ``_recorder``)."""
     with rec._lock:
-        rows = list(rec.span_rows)
-        fns = list(rec.functions)
+        frames_out = rec.dispatch_frames.tolist()
+        rids = rec.dispatch_rids.tolist()
+        submits = rec.dispatch_submits.tolist()
+        fns = rec.dispatch_fns.tolist()
+        functions = list(rec.functions)
+        frames = list(rec.frames)
+        lost = list(rec.lost)
         labels = dict(rec.labels)
-        errors = dict(rec.errors)
-    return [Span(r[0], r[1], r[2], fns[r[3]], r[4], r[5], r[6],
-                 R.STATUS_NAMES.get(r[7], str(r[7])), r[8], r[9], r[10], r[11], r[12], r[13],
-                 r[14], r[15], r[16], labels.get(i), errors.get(i))
-            for i, r in enumerate(rows)]
+    sent_at: dict[tuple[int, int], tuple[int, int, str]] = {}
+    k = 0
+    for i in range(0, len(frames_out) - 2, 3):
+        d_pool, count, d_ns = frames_out[i:i + 3]
+        for j in range(k, k + count):
+            sent_at[(d_pool, rids[j])] = (d_ns, submits[j], functions[fns[j]])
+        k += count
+    names = R.STATUS_NAMES
+    out = []
+    unpack = struct.Struct("<10q").iter_unpack
+    for pool, slot, pid, rows, sent, received in frames:
+        for (rid, status, rbytes, items, abytes, read, started, loaded, returned,
+             pickled) in unpack(rows):
+            dispatched, submitted, fn = sent_at.get((pool, rid), (read, read, "?"))
+            out.append(Span(pool, slot, pid, fn, items, abytes, rbytes,
+                            names.get(status, str(status)), submitted,
+                            dispatched, read, started, loaded, returned, pickled, sent,
+                            received, labels.get((pool, rid)), None))
+    for pool, slot, pid, rid, status, items, abytes, started, ended, error in lost:
+        dispatched, submitted, fn = sent_at.get((pool, rid), (started, started, "?"))
+        started = min(ended, max(started, dispatched))  # a slot's start can be stale
+        out.append(Span(pool, slot, pid, fn, items, abytes, 0, names[status], submitted, dispatched, started, started, started, ended,
+                        ended, ended, ended, labels.get((pool, rid)), error))
+    return out
 
 
 def events(rec: R.Recorder) -> list[WorkerEvent]:
