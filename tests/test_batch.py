@@ -488,3 +488,17 @@ def test_a_result_that_is_not_json_fails_its_item_clearly(job: Path) -> None:
     proc = cli(job, "map", "jobs:unjson", "--args", "a")
     (x,) = lines(proc.stdout)
     assert x["error"]["type"] == "TypeError" and "not JSON data" in x["error"]["message"]
+
+
+def test_map_trace_writes_a_report_of_every_call(job: Path) -> None:
+    proc = cli(job, "map", "jobs:fail_sevens", "--args", *map(str, range(1, 15)), "-j", "2",
+               "--trace", "run.html")
+    assert proc.returncode == 1, proc.stderr  # 7 and 14 failed
+    text = (job / "run.html").read_text()
+    assert "run_call" in text and "http://" not in text and "https://" not in text
+    data = json.loads(text.split('<script id="data" type="application/json">')[1]
+                      .split("</script>")[0])
+    assert sum(len(lane["s"]) for lane in data["lanes"]) == 14  # one span per call
+    proc = cli(job, "map", "jobs:add", "--args", "1", "2", "--trace", "run.txt")
+    assert proc.returncode == 2 and "--trace='run.txt'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
