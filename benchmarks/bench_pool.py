@@ -266,10 +266,6 @@ def one(scenario: str, lib: str, p: dict[str, Any]) -> dict[str, Any]:
         c = Contender(lib, p["method"])
         assert c.first(square, 3) == 9
         return {"seconds": time.perf_counter() - t0}
-    if p.get("trace"):  # scenario 6: every pool of this process records a trace
-        import conveyor
-
-        conveyor.trace().__enter__()  # kept active until the process exits
     c = Contender(lib)
     c.first(square, 2)  # start the workers before the clock starts
     if scenario == "map":
@@ -442,9 +438,6 @@ def scenario_tables(args: argparse.Namespace) -> list[str]:
         got = runner.measure("cpu", {"k": k, "n": n, "after_tiny": True}, reps4b)
         parts.append(cpu_table(got, n, k, reps4b, after_tiny=True))
 
-    if "6" in wanted:
-        parts.append(trace_cost_table(runner, quick, reps))
-
     if "5" in wanted:
         reps5 = 1 if quick else 5
         rows = []
@@ -461,32 +454,6 @@ def scenario_tables(args: argparse.Namespace) -> list[str]:
                      + table(["library", "start method", "seconds (median)", "conveyor ÷ this",
                               "target"], rows))
     return parts
-
-
-def trace_cost_table(runner: Runner, quick: bool, reps: int) -> str:
-    """Tracing off against on, taking turns, for scenarios 1 (automatic chunks) and 2
-    (one task per chunk)."""
-    rows = []
-    for scenario, n, call, limit in (("map", 50_000 if quick else 1_000_000,
-                                      "map, automatic chunks", 0.01),
-                                     ("submit", 5_000 if quick else 50_000,
-                                      "submit: one task per chunk", 0.05)):
-        rates: dict[bool, list[float]] = {False: [], True: []}
-        for r in range(reps):
-            for traced in ((False, True) if r % 2 == 0 else (True, False)):
-                got = runner.measure(scenario, {"n": n, "trace": traced}, 1, ["conveyor"])
-                rates[traced] += _values(got["conveyor"], "rate")
-        if not rates[False] or not rates[True]:
-            rows.append([call, "failed", "-", "-", ""])
-            continue
-        off, on = statistics.median(rates[False]), statistics.median(rates[True])
-        cost = 1 - on / off
-        rows.append([call, _fmt_rate(off), _fmt_rate(on), f"{cost:.1%}",
-                     f"≤ {limit:.0%}: {_verdict(cost <= limit)}"])
-    return (f"### 6. The cost of tracing (`with conveyor.trace():` around the pool)\n\n"
-            f"conveyor.Pool only; tracing off and on take turns; median of {reps} "
-            f"repetition(s) each.\n\n"
-            + table(["call", "tasks/s, off", "tasks/s, traced", "cost", "target"], rows))
 
 
 def imap_table(got: dict[str, list[dict[str, Any] | str]], n: int) -> str:
@@ -573,7 +540,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small N, one repetition")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5,6", help="e.g. 1,3")
+    ap.add_argument("--scenarios", default="1,2,3,4,5", help="e.g. 1,3")
     ap.add_argument("--one", nargs=3, metavar=("SCENARIO", "LIB", "PARAMS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -112,8 +112,16 @@ def test_pools_created_inside_code_you_do_not_control_are_recorded() -> None:
     with cv.trace() as t:
         library_code()
         list(cv.Pipeline(range(6)).map(square, workers=2))
+        assert len(cv.work_queue([3], countdown, workers=2)) == 4  # tasks 3, 2, 1, 0
     pools = {s.pool for s in t.spans}
-    assert len(pools) == 2 and sum(s.items for s in t.spans) == 14
+    assert len(pools) == 3 and sum(s.items for s in t.spans) == 18
+    assert {s.function for s in t.spans} >= {"square", "countdown"}
+
+
+def countdown(n: int, add: Any) -> int:
+    if n:
+        add(n - 1)
+    return n
 
 
 def test_pool_trace_shorthand_writes_when_the_pool_stops(tmp_path: Path) -> None:
