@@ -502,3 +502,16 @@ def test_map_trace_writes_a_report_of_every_call(job: Path) -> None:
     proc = cli(job, "map", "jobs:add", "--args", "1", "2", "--trace", "run.txt")
     assert proc.returncode == 2 and "--trace='run.txt'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_run_trace_has_a_span_per_command_on_a_lane_per_runner_thread(job: Path) -> None:
+    proc = cli(job, "run", "sh -c 'test {} != 3'", "--args", "1", "2", "3", "4", "-j", "2",
+               "--trace", "run.json")
+    assert proc.returncode == 1, proc.stderr  # the command for 3 failed
+    events = json.loads((job / "run.json").read_text())["traceEvents"]
+    spans = [ev for ev in events if ev["ph"] == "X"]
+    assert len(spans) == 4 and all(ev["name"] == "command" for ev in spans)
+    failed = [ev for ev in spans if ev["args"].get("status") == "error"]
+    assert len(failed) == 1 and "exited with code 1" in failed[0]["args"]["error"]
+    assert len({ev["tid"] for ev in spans}) <= 2  # two runner threads
+    assert any("shell commands (2 runner threads" in json.dumps(ev) for ev in events)

@@ -148,9 +148,10 @@ def _common(p: argparse.ArgumentParser, shell: bool) -> None:
         e.add_argument("--max-worker-memory", type=size, metavar="SIZE",
                        help="replace a worker whose memory (RSS) exceeds SIZE (500M, 2G) "
                             "between calls")
-        e.add_argument("--trace", type=_trace_file, metavar="FILE",
-                       help="write a timeline of every call: FILE.html (a report to open "
-                            "in a browser) or FILE.json / FILE.json.gz (for Perfetto)")
+    e.add_argument("--trace", type=_trace_file, metavar="FILE",
+                   help="write a timeline of every " + ("command" if shell else "call")
+                        + ": FILE.html (a report to open in a browser) or FILE.json / "
+                          "FILE.json.gz (for Perfetto)")
     e.add_argument("--halt", type=halt, default=None, metavar="WHEN",
                    help="stop early, as GNU parallel: now,fail=N kills running items after "
                         "N failures; soon,fail=N lets them finish; N%% of the finished items "

@@ -56,9 +56,11 @@ def _write(rec: R.Recorder, f: IO[str]) -> None:
         f.write(line if first else ",\n" + line)
         first = False
 
-    for number, (owner, workers) in enumerate(rec.pools, 1):
+    for number, (owner, workers, kind) in enumerate(rec.pools, 1):
+        what = (f"pool {number} ({workers} workers, pid {owner})" if kind == "pool" else
+                f"shell commands ({workers} runner threads of pid {owner})")
         out(f'{{"name":"process_name","ph":"M","pid":{number},"tid":0,'
-            f'"args":{{"name":{dumps(f"pool {number} ({workers} workers, pid {owner})")}}}}}')
+            f'"args":{{"name":{dumps(what)}}}}}')
         out(f'{{"name":"process_sort_index","ph":"M","pid":{number},"tid":0,'
             f'"args":{{"sort_index":{number}}}}}')
     for order, ((pool, pid), (slot, _spans, _a, _b, ended)) in enumerate(lanes.items()):

@@ -115,21 +115,25 @@ class Recorder:
         self.event_rows: list[tuple[int, ...]] = []  # (pool, slot, pid, kind, ns, a, b)
         self.labels: dict[tuple[int, int], str] = {}  # (pool, rid) -> short repr
         self._slowest: list[tuple[int, tuple[int, int]]] = []  # heap of (run ns, key)
-        self.pools: list[tuple[int, int]] = []  # pool number - 1 -> (owner pid, workers)
+        # pool number - 1 -> (owner pid, workers, "pool" or "commands" for conveyor run)
+        self.pools: list[tuple[int, int, str]] = []
+        # Shell commands of ``conveyor run``: (group, runner thread index, its native
+        # thread id, status, started, ended, command pid, command, error or "").
+        self.commands: list[tuple[int, int, int, int, int, int, int, str, str]] = []
         self._pool_ids: dict[int, tuple[weakref.ref[Any], int]] = {}
         self._slot_pids: dict[tuple[int, int], int] = {}
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ helpers
 
-    def _pool(self, sup: Any) -> int:
+    def _pool(self, sup: Any, kind: str = "pool", workers: int = 0) -> int:
         """The pool's number in this trace (by id, checked by a weak reference: cheaper
         per frame than a WeakKeyDictionary, and an id reused later is not mistaken)."""
         known = self._pool_ids.get(id(sup))
         if known is not None and known[0]() is sup:
             return known[1]
         with self._lock:
-            self.pools.append((os.getpid(), len(sup._workers)))
+            self.pools.append((os.getpid(), workers or len(sup._workers), kind))
             self._pool_ids[id(sup)] = (weakref.ref(sup), len(self.pools))
             return len(self.pools)
 
@@ -250,6 +254,18 @@ class Recorder:
             self.lost.append((pool, w.index, w.pid, rec.rid, status, rec.size,
                               len(rec.data), started or now, now, error))
         self._keep_if_slow((pool, rec.rid), now - (started or now), rec)
+
+
+    def command_done(self, runner: Any, threads: int, slot: int, command: str, started: int,
+                     ended: int, pid: int, error: str | None) -> None:
+        """One shell command of ``conveyor run``, run by runner thread ``slot`` (its lane:
+        the thread's native id, since every command is a process of its own)."""
+        group = self._pool(runner, "commands", threads)
+        with self._lock:
+            if self._room(1):
+                self.commands.append((group, slot, threading.get_native_id(),
+                                      OK if error is None else FAILED, started, ended, pid,
+                                      command, error or ""))
 
 
 ROW_SIZE = 80  # _worker.TRACE_ROW.size: ten int64

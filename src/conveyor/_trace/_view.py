@@ -33,7 +33,7 @@ class Span(NamedTuple):
 
     pool: int
     worker: int  # the worker slot (0 .. workers-1)
-    pid: int
+    pid: int  # the worker's; for a command of ``conveyor run``, its runner thread's id
     function: str
     items: int
     arg_bytes: int
@@ -165,6 +165,7 @@ def spans(rec: R.Recorder) -> list[Span]:
         functions = list(rec.functions)
         frames = list(rec.frames)
         lost = list(rec.lost)
+        commands = list(rec.commands)
         labels = dict(rec.labels)
     sent_at: dict[tuple[int, int], tuple[int, int, str]] = {}
     k = 0
@@ -184,6 +185,10 @@ def spans(rec: R.Recorder) -> list[Span]:
                             names.get(status, str(status)), submitted,
                             dispatched, read, started, loaded, returned, pickled, sent,
                             received, labels.get((pool, rid)), None))
+    for group, slot, tid, status, started, ended, _pid, command, error in commands:
+        out.append(Span(group, slot, tid, "command", 1, 0, 0, names[status], started, started,
+                        started, started, started, ended, ended, ended, ended, command,
+                        error or None))
     for pool, slot, pid, rid, status, items, abytes, started, ended, error in lost:
         dispatched, submitted, fn = sent_at.get((pool, rid), (started, started, "?"))
         started = min(ended, max(started, dispatched))  # a slot's start can be stale
