@@ -239,6 +239,7 @@ def test_a_killed_worker_leaves_an_error_span_and_its_replacement_a_new_lane(
     assert {lost["pid"], replaced[0]["pid"]} <= lanes  # the replacement has its own track
     html = (tmp_path / "death.html").read_text()
     assert "died (exit code 3)" in html and "WorkerLostError" in html
+    assert re.search(r"<table id=\"failures\">.*?<td>lost</td>", html, re.S)
 
 
 def test_the_file_is_written_when_the_block_ends_by_an_exception(tmp_path: Path) -> None:

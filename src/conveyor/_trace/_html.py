@@ -74,6 +74,7 @@ def render(rec: R.Recorder) -> str:
     parts.append(_utilisation(summary))
     parts.append("<h2>Task run times</h2>\n<div id=\"hist\"></div>\n")
     parts.append(_slowest(summary))
+    parts.append(_failures(all_spans))
     parts.append(_overhead(summary))
     parts.append("<script id=\"data\" type=\"application/json\">" + _data_json(data)
                  + "</script>\n")
@@ -101,6 +102,21 @@ def _slowest(summary: _view.TraceSummary) -> str:
             for t in summary.slowest]
     return ("<h2>Slowest tasks</h2>\n<table id=\"slowest\"><tr><th>ran</th><th>call</th>"
             "<th>pid</th><th>status</th></tr>\n" + "\n".join(rows) + "\n</table>\n")
+
+
+def _failures(all_spans: list[_view.Span], shown: int = 20) -> str:
+    bad = [s for s in all_spans if s.status != "ok"]
+    if not bad:
+        return ""
+    rows = [f"<tr><td>{_esc(s.status)}</td><td><code>{_esc(s.label or s.function)}</code></td>"
+            f"<td class=\"num\">{s.pid}</td><td>{_esc((s.error or '')[:300])}</td></tr>"
+            for s in bad[:shown]]
+    more = f"<p class=\"note\">and {len(bad) - shown} more</p>\n" if len(bad) > shown else ""
+    return ("<h2>Failed spans</h2>\n<p class=\"note\">A task that raised is <em>error</em> "
+            "(its traceback is in the result, not here); one whose worker died is <em>lost"
+            "</em>, ended at the death.</p>\n<table id=\"failures\"><tr><th>status</th>"
+            "<th>call</th><th>pid</th><th>error</th></tr>\n" + "\n".join(rows)
+            + "\n</table>\n" + more)
 
 
 def _overhead(summary: _view.TraceSummary) -> str:
