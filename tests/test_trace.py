@@ -94,6 +94,19 @@ def test_sleep_spans_hold_the_sleep_and_summary_adds_up() -> None:
     assert "10 spans (10 tasks, 0 failed)" in str(summary)
 
 
+def test_retired_workers_and_their_replacements_are_events_and_lanes() -> None:
+    with cv.trace() as t, cv.Pool(1, maxtasksperchild=2) as pool:
+        assert pool.map(square, range(6), chunksize=1) == [x * x for x in range(6)]
+    kinds = [e.kind for e in t.worker_events]
+    assert kinds.count("worker retiring") >= 2 and kinds.count("worker exited") >= 2
+    replaced = [e for e in t.worker_events if e.kind == "replacement started"]
+    assert len(replaced) >= 2 and all(e.replaces is not None for e in replaced)
+    lanes = t.summary().lanes
+    assert len({(s.pool, s.pid) for s in t.spans}) == 3  # 2 tasks per worker process
+    assert {lane.ended for lane in lanes if lane.spans} >= {"exited"}
+    check_spans(t.spans)
+
+
 def test_nothing_is_recorded_outside_the_block() -> None:
     t = cv.trace()
     with cv.Pool(2) as pool:
@@ -115,7 +128,10 @@ def test_pools_created_inside_code_you_do_not_control_are_recorded() -> None:
         assert len(cv.work_queue([3], countdown, workers=2)) == 4  # tasks 3, 2, 1, 0
     pools = {s.pool for s in t.spans}
     assert len(pools) == 3 and sum(s.items for s in t.spans) == 18
-    assert {s.function for s in t.spans} >= {"square", "countdown"}
+    by_pool: dict[int, int] = {}
+    for s in t.spans:
+        by_pool[s.pool] = by_pool.get(s.pool, 0) + s.items
+    assert sorted(by_pool.values()) == [4, 6, 8]  # work queue, pipeline, library pool
 
 
 def countdown(n: int, add: Any) -> int:
