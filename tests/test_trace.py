@@ -63,6 +63,13 @@ def check_spans(spans: list[cv.Span]) -> None:
             assert a.pickled_ns <= b.started_ns, (a, b)  # one worker: never two at once
 
 
+def test_the_recorder_reads_rows_as_the_worker_packs_them() -> None:
+    from conveyor import _worker
+    from conveyor._trace import _recorder
+
+    assert _recorder.ROW.format == _worker.TRACE_ROW.format
+
+
 def test_a_traced_map_records_one_span_per_chunk_in_order(tmp_path: Path) -> None:
     with cv.trace() as t, cv.Pool(2) as pool:
         assert pool.map(square, range(40), chunksize=4) == [x * x for x in range(40)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 import signal
-import struct
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -176,7 +175,7 @@ def spans(rec: R.Recorder) -> list[Span]:
         k += count
     names = R.STATUS_NAMES
     out = []
-    unpack = struct.Struct("<10q").iter_unpack
+    unpack = R.ROW.iter_unpack
     for pool, slot, pid, rows, sent, received in frames:
         for (rid, status, rbytes, items, abytes, read, started, loaded, returned,
              pickled) in unpack(rows):
