@@ -41,9 +41,9 @@ def write(rec: R.Recorder, path: str) -> None:
 
 
 def render(rec: R.Recorder) -> str:
-    summary = _view.summarize(rec)
     all_spans = _view.spans(rec)
     all_events = _view.events(rec)
+    summary = _view.summarize(rec, all_spans, all_events)
     end_ns = rec.end_ns or max([s.received_ns for s in all_spans], default=rec.origin_ns)
     lanes = _view.lanes_of(all_spans, all_events, end_ns)
     t0 = min([lane[2] for lane in lanes.values()], default=rec.origin_ns)

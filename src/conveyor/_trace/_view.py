@@ -233,9 +233,13 @@ def lanes_of(all_spans: list[Span], all_events: list[WorkerEvent], end_ns: int
     return {k: tuple(found[k]) for k in order}
 
 
-def summarize(rec: R.Recorder) -> TraceSummary:
-    all_spans = spans(rec)
-    all_events = events(rec)
+def summarize(rec: R.Recorder, all_spans: list[Span] | None = None,
+              all_events: list[WorkerEvent] | None = None) -> TraceSummary:
+    """The numbers of a trace; the writers pass the spans and events they already read."""
+    if all_spans is None:
+        all_spans = spans(rec)
+    if all_events is None:
+        all_events = events(rec)
     end_ns = rec.end_ns or max([s.received_ns for s in all_spans], default=rec.origin_ns)
     lanes = lanes_of(all_spans, all_events, end_ns)
     pool_window: dict[int, tuple[int, int]] = {}
