@@ -66,13 +66,3 @@ def test_reliability_quick(tmp_path: Path) -> None:
     for row in faults:
         assert row[col] and not row[col].startswith("scenario failed"), row
 
-
-def test_bench_trace_quick(tmp_path: Path) -> None:
-    stdout = run_quick("bench_trace.py", tmp_path, timeout=300)
-    written = (tmp_path / "trace.md").read_text()
-    assert written.strip() == stdout.strip()
-    rows = table_rows(written)
-    assert [r[0] for r in rows if r[0].startswith(("1.", "2."))] == [
-        "1. `map`, automatic chunks", "2. `submit`: one task per chunk"]
-    assert any(r[0] == "Chrome trace (.json)" for r in rows)
-    assert "recorded run times add up to" in written
