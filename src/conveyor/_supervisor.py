@@ -141,7 +141,7 @@ class Record:
         self.attempts = 0  # failures charged to this record (its retries used)
         self.elapsed_ns = 0  # run time in the worker, once it ran
         self.worker = -1  # index of the worker slot that ran it
-        self.trace: _trace.Mark | None = None  # set when a trace records it
+        self.trace: int | None = None  # when a trace records it: its submit time (ns)
 
     @property
     def size(self) -> int:
@@ -155,7 +155,7 @@ class Record:
         part = self.items[start:stop]
         rec = Record(self.call, self.base + start, part, self.mode, _serialize.dumps(part))
         rec.attempts = self.attempts
-        rec.trace = _trace.copy_mark(self.trace)
+        rec.trace = self.trace
         return rec
 
 
@@ -209,6 +209,7 @@ class Supervisor:
     ) -> None:
         self._ctx = ctx
         self.trace: _trace.Recorder | None = trace  # Pool(trace=...): this pool's own
+        self.tracing = trace  # what traced records go to: the trace of the last traced submit
         self._nworkers = workers
         self._init = init
         self._maxtasks = maxtasks
@@ -273,7 +274,7 @@ class Supervisor:
         """Queue records; raises PoolClosedError once the pool takes no more work."""
         tracer = self.trace or _trace.ACTIVE
         if tracer is not None:  # marked before the supervisor thread can see them
-            tracer.submitted(records)
+            self.tracing = tracer.submitted(records)
         with self.intake:
             if not self.accepting or _interpreter_exiting:
                 raise PoolClosedError(self.refusal if not self.accepting else
@@ -581,7 +582,7 @@ class Supervisor:
             if batch:
                 head = pickle.dumps(batch, _serialize.PROTOCOL)
                 if traced:
-                    traced[0].trace[0].dispatched(self, traced)  # type: ignore[index]
+                    _trace.dispatched(self, traced)
                 w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
                 self._flush(w)
 

@@ -14,9 +14,9 @@ so a pool pays only for importing ``_recorder`` and ``_api``.
 
 Cost: with no trace active, a submit reads one module attribute, a dispatch tests one
 attribute per record, the worker reads the clock once per frame, and the supervisor
-checks the type of each results frame's head. With a trace, each record carries a
-``Mark`` (one tuple per submit call), a dispatched frame logs its traced records' ids
-and submit times in arrays, the worker packs 80 bytes of timestamps per record into the
+checks the type of each results frame's head. With a trace, each record carries its
+submit time (an int), a dispatched frame logs its traced records' ids, submit times and
+functions in arrays, the worker packs 80 bytes of timestamps per record into the
 results frame's head, and the supervisor keeps those bytes as they came: no Python
 object per span is kept, so a long trace does not slow the garbage collector. Measured
 by ``benchmarks/bench_trace.py``.

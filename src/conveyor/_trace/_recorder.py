@@ -1,11 +1,11 @@
 """The recorder: what the pool's hooks call, and what it keeps.
 
 Everything here runs in the pool's own threads (callers' ``submit``, the supervisor), so
-the hooks do as little as they can per record: a submit tags each record with one tuple
-shared by the whole call (``Mark``: recorder, submit time, function name); a dispatch
-logs, once per frame, its time and the ids and marks of the traced records in it; a
-results frame is kept as the bytes the worker packed (``_worker.TRACE_ROW``, 80 bytes
-per record). Spans are assembled from these only when read (``_view``). Names, labels
+the hooks do as little as they can per record: a submit stamps each record's ``trace``
+slot with its submit time (an int) and tells the supervisor which recorder its traced
+work goes to (``sup.tracing``); a dispatch logs, once per frame, its time and the ids,
+submit times and functions of the traced records in it, in arrays; a results frame is
+kept as the bytes the worker packed (``_worker.TRACE_ROW``, 80 bytes per record). Spans are assembled from these only when read (``_view``). Names, labels
 and error messages are kept once per function, per slow task or per failure.
 
 Per record, the timestamps (CLOCK_MONOTONIC, ns) in the order they happen::
@@ -25,7 +25,7 @@ so finished work is recorded even when its worker dies later. The record running
 death is recorded by the supervisor as it handles the death: from the start time in the
 worker's status slot to that moment, with the error its task failed with.
 
-Memory: ~130 bytes per span (the packed row, and the dispatch log's id and mark).
+Memory: ~110 bytes per span (the packed row, and the dispatch log's three int64).
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ import threading
 import time
 import weakref
 from typing import Any
+
+_now = time.monotonic_ns
 
 # Span statuses (beyond the worker's OK, FAILED, PARTIAL).
 OK = 0
@@ -71,16 +73,6 @@ SLOWEST_KEPT = 20  # spans whose arguments are described (short repr) for the re
 # The recorder of the innermost ``with conveyor.trace(...)`` block, process-wide.
 ACTIVE: Recorder | None = None
 _active_lock = threading.Lock()
-
-
-# What a traced record carries in its ``trace`` slot: (recorder, submitted ns, function
-# name), one tuple per submit call, shared by its records and their splits.
-Mark = tuple[Any, int, str]
-
-
-def copy_mark(mark: Mark | None) -> Mark | None:
-    """The mark of a record split from a traced one: the same tuple (same submit)."""
-    return mark
 
 
 class Recorder:
@@ -168,19 +160,20 @@ class Recorder:
     def pool_stopped(self, sup: Any) -> None:
         """A pool whose own trace this is has stopped (see ``Trace``)."""
 
-    def submitted(self, records: list[Any]) -> None:
-        if records:
-            mark = (self, time.monotonic_ns(), records[0].call.fn_name)
-            for rec in records:
-                rec.trace = mark
+    def submitted(self, records: list[Any]) -> Recorder:
+        """Stamp each record with its submit time (an int: no object the garbage
+        collector must track, which cost more than the rest of tracing together)."""
+        now = _now()
+        for rec in records:
+            rec.trace = now
+        return self
 
     def dispatched(self, sup: Any, records: list[Any]) -> None:
         """A frame holding these traced records is on its way to a worker."""
         if self.kept >= self.max_events:
             return
         now = time.monotonic_ns()
-        marks = [rec.trace for rec in records]
-        names = [mark[2] for mark in marks]
+        names = [rec.call.fn_name for rec in records]
         if names.count(names[0]) == len(names):  # the usual case: one function
             fns = [self._fn(names[0])] * len(names)
         else:
@@ -189,7 +182,7 @@ class Recorder:
         with self._lock:  # the four arrays stay aligned
             self.dispatch_frames.extend((pool, len(records), now))
             self.dispatch_rids.extend([rec.rid for rec in records])
-            self.dispatch_submits.extend([mark[1] for mark in marks])
+            self.dispatch_submits.extend([rec.trace for rec in records])
             self.dispatch_fns.extend(fns)
 
     def _fn(self, name: str) -> int:
@@ -231,14 +224,14 @@ class Recorder:
                       peak_kb: int, running: Any, started: int,
                       failed: list[tuple[Any, BaseException]]) -> None:
         """A worker's exit; closes the span of the record it was running, if traced, in
-        the recorder that marked it (its block may have ended since)."""
+        the recorder its traced work goes to (``sup.tracing``)."""
         if os.getpid() != self.pid:
             return
         code = 0 if exitcode is None else exitcode
         self.worker_event(sup, w, EXIT if graceful else DEATH, code, max(0, peak_kb) * 1024)
         if not graceful and running is not None and running.trace is not None:
             exc = next((e for single, e in failed if single.call is running.call), None)
-            running.trace[0].add_lost_span(sup, w, running, started, exc, exitcode)
+            (sup.tracing or self).add_lost_span(sup, w, running, started, exc, exitcode)
 
     def add_lost_span(self, sup: Any, w: Any, rec: Any, started: int,
                       exc: BaseException | None, exitcode: int | None) -> None:
@@ -273,12 +266,18 @@ ROW = struct.Struct("<10q")  # _worker.TRACE_ROW (a test keeps the two the same)
 ROW_SIZE = ROW.size
 
 
+def dispatched(sup: Any, records: list[Any]) -> None:
+    """Log a frame of traced records on its way to a worker (supervisor thread)."""
+    sup.tracing.dispatched(sup, records)
+
+
 def results(sup: Any, w: Any, heads: list[tuple[int, int, int, int]], rows: bytes,
             sent: int, slow_rid: int, slow_ns: int) -> list[tuple[int, int, int, int]]:
-    """Keep the trace rows of one traced RESULTS frame, in the recorder that marked its
-    records (the slowest one's; a frame mixing two traces goes to one of them); returns
-    the frame's plain head list."""
+    """Keep the trace rows of one traced RESULTS frame; returns its plain head list.
+
+    Traced records go to the trace of the pool's last traced submit (``sup.tracing``):
+    work submitted inside a ``with trace()`` block is recorded there even if it finishes
+    after the block ended (though the block's file was written by then)."""
     slow = w.outstanding.get(slow_rid)
-    if slow is not None and slow.trace is not None:
-        slow.trace[0].received(sup, w, rows, sent, slow, slow_ns)
+    sup.tracing.received(sup, w, rows, sent, slow, slow_ns)
     return heads
