@@ -80,7 +80,8 @@ def test_a_traced_map_records_one_span_per_chunk_in_order(tmp_path: Path) -> Non
     assert all(s.status == "ok" and s.arg_bytes > 0 and s.result_bytes > 0 for s in spans)
     check_spans(spans)
     kinds = [e.kind for e in t.worker_events]
-    assert kinds.count("worker started") == 2 and kinds.count("worker ready") == 2
+    # A worker may still be starting when the map is done and the pool closes.
+    assert kinds.count("worker started") == 2 and 1 <= kinds.count("worker ready") <= 2
 
 
 def test_sleep_spans_hold_the_sleep_and_summary_adds_up() -> None:
