@@ -250,7 +250,8 @@ def test_a_killed_worker_leaves_an_error_span_and_its_replacement_a_new_lane(
     (lost,) = facts["lost"]
     assert lost["status"] == "lost" and lost["error"].startswith("WorkerLostError")
     assert "task(5" in lost["error"]
-    assert 0 <= lost["received_ns"] - facts["death_ns"] < 500_000_000  # closed at the death
+    # Closed at the death: ~2-5 ms after it here; the bound is generous for busy machines.
+    assert 0 <= lost["received_ns"] - facts["death_ns"] < 2_000_000_000
     died = [e for e in facts["events"] if e["kind"] == "worker died"]
     assert [e["pid"] for e in died] == [lost["pid"]] and died[0]["exitcode"] == 3
     replaced = [e for e in facts["events"] if e["kind"] == "replacement started"]
