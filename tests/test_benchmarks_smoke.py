@@ -65,4 +65,3 @@ def test_reliability_quick(tmp_path: Path) -> None:
     assert len(faults) == 3
     for row in faults:
         assert row[col] and not row[col].startswith("scenario failed"), row
-
