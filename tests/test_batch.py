@@ -488,3 +488,30 @@ def test_a_result_that_is_not_json_fails_its_item_clearly(job: Path) -> None:
     proc = cli(job, "map", "jobs:unjson", "--args", "a")
     (x,) = lines(proc.stdout)
     assert x["error"]["type"] == "TypeError" and "not JSON data" in x["error"]["message"]
+
+
+def test_map_trace_writes_a_report_of_every_call(job: Path) -> None:
+    proc = cli(job, "map", "jobs:fail_sevens", "--args", *map(str, range(1, 15)), "-j", "2",
+               "--trace", "run.html")
+    assert proc.returncode == 1, proc.stderr  # 7 and 14 failed
+    text = (job / "run.html").read_text()
+    assert "run_call" in text and "http://" not in text and "https://" not in text
+    data = json.loads(text.split('<script id="data" type="application/json">')[1]
+                      .split("</script>")[0])
+    assert sum(len(lane["s"]) for lane in data["lanes"]) == 14  # one span per call
+    proc = cli(job, "map", "jobs:add", "--args", "1", "2", "--trace", "run.txt")
+    assert proc.returncode == 2 and "--trace='run.txt'" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_run_trace_has_a_span_per_command_on_a_lane_per_runner_thread(job: Path) -> None:
+    proc = cli(job, "run", "sh -c 'test {} != 3'", "--args", "1", "2", "3", "4", "-j", "2",
+               "--trace", "run.json")
+    assert proc.returncode == 1, proc.stderr  # the command for 3 failed
+    events = json.loads((job / "run.json").read_text())["traceEvents"]
+    spans = [ev for ev in events if ev["ph"] == "X"]
+    assert len(spans) == 4 and all(ev["name"] == "command" for ev in spans)
+    failed = [ev for ev in spans if ev["args"].get("status") == "error"]
+    assert len(failed) == 1 and "exited with code 1" in failed[0]["args"]["error"]
+    assert len({ev["tid"] for ev in spans}) <= 2  # two runner threads
+    assert any("shell commands (2 runner threads" in json.dumps(ev) for ev in events)

@@ -160,3 +160,15 @@ def test_no_word_of_where_the_project_came_from_in_the_command() -> None:
         assert not re.search(r"\bseed\b", text, re.I), name
     help_text = "\n".join(p.format_help() for p in _all_parsers(build_parser()))
     assert "seed" not in help_text.lower()
+
+
+@pytest.mark.timeout(90)
+def test_demo_trace_writes_a_report_and_prints_where_it_is(tmp_path: Path) -> None:
+    proc = run_cli("demo", "--only", "trace", env={"TMPDIR": str(tmp_path)}, timeout=80)
+    assert proc.returncode == 0, proc.stderr
+    (report,) = tmp_path.glob("conveyor-trace-*/pool-trace.html")
+    assert f"report: {report}" in proc.stdout
+    assert "40 spans (40 tasks, 0 failed) on 2 worker lanes" in proc.stdout
+    assert "where the time went" in proc.stdout
+    text = report.read_text()
+    assert "count_primes" in text and "https://" not in text

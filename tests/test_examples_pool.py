@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -46,12 +48,26 @@ def test_readme_snippets_run(tmp_path: Path) -> None:
         assert proc.returncode == 0, f"README snippet {i} failed:\n{code}\n{proc.stderr}"
 
 
-def test_demo_command_runs() -> None:
+def test_demo_command_runs(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "conveyor._cli", "demo", "--limit", "200000", "--blocks", "8"],
         capture_output=True, text=True, timeout=100, cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},  # where the trace part writes its report
     )
     assert proc.returncode == 0, proc.stderr
     assert "serial agrees" in proc.stdout and "speed-up" in proc.stdout
     assert "All demos finished." in proc.stdout
     assert "no sentinel" in proc.stdout and "255 tasks ran" in proc.stdout
+
+
+def test_trace_example_shows_the_imbalance_and_writes_the_files(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "trace_uneven_tasks.py"),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stderr
+    assert "chunksize=10: 2 spans, 20 tasks" in proc.stdout
+    assert "chunksize=1: 20 spans, 20 tasks" in proc.stdout
+    for name in ("wrong-chunks.html", "right-chunks.html"):
+        text = (tmp_path / "out" / name).read_text()
+        assert "work(" in text and "https://" not in text and "http://" not in text
+    doc = json.loads((tmp_path / "out" / "right-chunks.json").read_text())
+    assert sum(1 for ev in doc["traceEvents"] if ev["ph"] == "X") == 20

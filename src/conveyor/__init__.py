@@ -10,6 +10,7 @@ Layers, top to bottom (each imports only from the ones below it):
     _channel                               Channel: the bounded many-to-many transport
     _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
     _supervisor                            the pool's one thread: dispatch, results, deaths
+    _trace/                                trace(): a per-task timeline, Chrome trace, HTML
     _worker                                runs in the child process
     _serialize, _frames                    cloudpickle fallback, pipe framing
     _struct, _struct_fields, _shared,      shared structs, values, arrays, dicts, lists
@@ -54,6 +55,10 @@ if TYPE_CHECKING:
     from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
     from conveyor._team import TeamContext as TeamContext
     from conveyor._team import team as team
+    from conveyor._trace._api import Trace as Trace
+    from conveyor._trace._api import trace as trace
+    from conveyor._trace._view import Span as Span
+    from conveyor._trace._view import TraceSummary as TraceSummary
     from conveyor._work_queue import iter_work_queue as iter_work_queue
     from conveyor._work_queue import work_queue as work_queue
     from conveyor._worker import worker_index as worker_index
@@ -107,6 +112,10 @@ _EXPORTS: dict[str, str] = {
     "SharedFieldArray": "conveyor._struct_fields",
     "TeamContext": "conveyor._team",
     "team": "conveyor._team",
+    "Span": "conveyor._trace._view",
+    "Trace": "conveyor._trace._api",
+    "TraceSummary": "conveyor._trace._view",
+    "trace": "conveyor._trace._api",
     "iter_work_queue": "conveyor._work_queue",
     "work_queue": "conveyor._work_queue",
     "worker_index": "conveyor._worker",
@@ -165,12 +174,15 @@ __all__ = [
     "SharedObjectClosedError",
     "SharedStruct",
     "SharedValue",
+    "Span",
     "StageStatistics",
     "TaskFuture",
     "TaskTimeoutError",
     "TeamBrokenError",
     "TeamContext",
     "TeamMemberLostError",
+    "Trace",
+    "TraceSummary",
     "WorkerLostError",
     "WorkerStartError",
     "WrongProcessError",
@@ -178,6 +190,7 @@ __all__ = [
     "map",
     "shared_struct",
     "team",
+    "trace",
     "use_cluster",
     "work_queue",
     "worker_index",

@@ -83,6 +83,15 @@ def _nonnegative(text: str) -> int:
     return value
 
 
+def _trace_file(text: str) -> str:
+    from conveyor._trace._api import check_path
+
+    try:
+        return check_path(text, "--trace")
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _default_jobs() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -139,6 +148,10 @@ def _common(p: argparse.ArgumentParser, shell: bool) -> None:
         e.add_argument("--max-worker-memory", type=size, metavar="SIZE",
                        help="replace a worker whose memory (RSS) exceeds SIZE (500M, 2G) "
                             "between calls")
+    e.add_argument("--trace", type=_trace_file, metavar="FILE",
+                   help="write a timeline of every " + ("command" if shell else "call")
+                        + ": FILE.html (a report to open in a browser) or FILE.json / "
+                          "FILE.json.gz (for Perfetto)")
     e.add_argument("--halt", type=halt, default=None, metavar="WHEN",
                    help="stop early, as GNU parallel: now,fail=N kills running items after "
                         "N failures; soon,fail=N lets them finish; N%% of the finished items "
@@ -312,6 +325,11 @@ def build_spec(args: argparse.Namespace) -> JobSpec:
 
 def run_job(args: argparse.Namespace) -> int:
     try:
+        if getattr(args, "trace", None):
+            from conveyor._trace._api import Trace
+
+            with Trace(args.trace):
+                return Job(build_spec(args)).run()
         return Job(build_spec(args)).run()
     except (UsageError, JournalError, InputError) as exc:
         print(f"conveyor {args.mode}: error: {exc}", file=sys.stderr)

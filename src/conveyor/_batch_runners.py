@@ -14,6 +14,7 @@ touches the journal and the output.
 from __future__ import annotations
 
 import queue
+import shlex
 import signal
 import subprocess
 import threading
@@ -145,15 +146,18 @@ class ShellRunner:
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._stopping = False
-        self._threads = [threading.Thread(target=self._work, name=f"conveyor-run-{i}",
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"conveyor-run-{i}",
                                           daemon=True) for i in range(jobs)]
+        from conveyor._trace import _recorder
+
+        self._tracer = _recorder.ACTIVE  # conveyor run --trace: a span per command
         for t in self._threads:
             t.start()
 
     def submit(self, token: int, values: Sequence[Any], seq: int) -> None:
         self._todo.put((token, values, seq))
 
-    def _work(self) -> None:
+    def _work(self, slot: int) -> None:
         me = threading.get_ident()
 
         def keep(proc: subprocess.Popen[bytes]) -> None:
@@ -176,10 +180,17 @@ class ShellRunner:
                 bad = ItemOutcome(False, error_type="TemplateError", error_message=str(exc))
                 self.done.put((token, [bad] * len(values)))
                 continue
+            started = time.monotonic_ns()
             result = run_command(command, self._timeout, keep)
             with self._lock:
                 self._running.pop(me, None)
-            self.done.put((token, [_shell_outcome(result, self._timeout)] * len(values)))
+            outcome = _shell_outcome(result, self._timeout)
+            if self._tracer is not None:
+                self._tracer.command_done(
+                    self, len(self._threads), slot,
+                    command if isinstance(command, str) else shlex.join(command), started,
+                    time.monotonic_ns(), result[5], outcome.error_message)
+            self.done.put((token, [outcome] * len(values)))
 
     def stop(self, grace: float = 0.0) -> None:
         """Interrupt: SIGTERM to every running command's group, SIGKILL after 1 s.

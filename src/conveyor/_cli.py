@@ -2,7 +2,8 @@
 
 ``conveyor demo`` runs the library's patterns live on real work: a pool with a progress
 bar, a pipeline, a work queue, a channel between producers and consumers, shared state,
-a team of processes, and a batch job that is interrupted and resumed.
+a team of processes, a batch job that is interrupted and resumed, and a traced pool
+written as an HTML report.
 
 ``conveyor map``, ``run``, ``status`` and ``results`` run batch jobs from the shell with a
 journal, so a job that is stopped resumes where it stopped (``_batch_cmd`` and the
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-DEMO_PARTS = ("pool", "pipeline", "channel", "shared", "batch")
+DEMO_PARTS = ("pool", "pipeline", "channel", "shared", "batch", "trace")
 
 # Demo parts in their own modules: (name, module, title).
 _OTHER_DEMOS = [
@@ -28,6 +29,7 @@ _OTHER_DEMOS = [
      "A channel: producer-consumer with a bounded buffer, 2 producers -> 3 consumers"),
     ("shared", "conveyor._demo_shared", "Shared state and teams"),
     ("batch", "conveyor._demo_batch", "A batch job from the shell, interrupted and resumed"),
+    ("trace", "conveyor._demo_trace", "A trace: where a pool's time went, as an HTML report"),
 ]
 
 

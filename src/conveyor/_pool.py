@@ -296,6 +296,7 @@ class _FutureCall(Record):
         self.attempts = 0
         self.elapsed_ns = 0
         self.worker = -1
+        self.trace = None
         self.started = False
 
     @property
@@ -723,8 +724,10 @@ class Pool(futures.Executor):
     (bytes of RSS; a worker above it is replaced between tasks), ``task_timeout``
     (seconds), ``retries`` (re-runs of a task whose worker died), ``retry_on``
     (exception types that are retried too), ``start_method`` ("fork", "forkserver",
-    "spawn") or ``context``, and ``progress`` (True for a tqdm bar per call, or a
-    callable ``fn(done, total)``).
+    "spawn") or ``context``, ``progress`` (True for a tqdm bar per call, or a
+    callable ``fn(done, total)``) and ``trace`` (a file name ending in .json, .json.gz or
+    .html, written when the pool stops, or a :class:`conveyor.Trace`; see
+    :func:`conveyor.trace`).
 
     ``cluster`` runs the pool's work on a Dask cluster: a ``distributed.Client`` (never
     closed by conveyor), a scheduler address ``"tcp://host:8786"``, or ``"local"`` (a
@@ -753,6 +756,7 @@ class Pool(futures.Executor):
         retry_on: Iterable[type[BaseException]] = (),
         progress: ProgressSpec = False,
         cluster: Any = None,
+        trace: Any = None,
     ) -> None:
         given = [v for v in (workers, processes, max_workers) if v is not None]
         if len(set(given)) > 1:
@@ -770,6 +774,9 @@ class Pool(futures.Executor):
         _check_timeout(task_timeout)
         _check_retries(retries)
         retry_types = _check_retry_on(retry_on)
+        from conveyor._trace._api import for_pool
+
+        tracer = for_pool(trace)
         ctx = context or mp_context
         if ctx is None:
             ctx = multiprocessing.get_context(start_method)
@@ -821,7 +828,7 @@ class Pool(futures.Executor):
                                                               if context or mp_context else None))
                 self._workers = self._sup.threads  # the cluster's threads, not workers=
             else:
-                self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
+                self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory, tracer)
         except Exception as exc:
             if init is not None and not init[2]:
                 err = _serialize.serialization_error(

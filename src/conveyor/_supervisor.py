@@ -67,6 +67,7 @@ from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 from conveyor import _frames, _serialize, _worker
+from conveyor._trace import _recorder as _trace
 from conveyor.errors import (
     ConveyorError,
     PoolClosedError,
@@ -141,7 +142,7 @@ class Record:
     """One unit of dispatch: a single call, or a chunk of items of a map."""
 
     __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
-                 "worker")
+                 "trace", "worker")
 
     def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes | None) -> None:
         self.rid = 0
@@ -155,6 +156,7 @@ class Record:
         self.attempts = 0  # failures charged to this record (its retries used)
         self.elapsed_ns = 0  # run time in the worker, once it ran
         self.worker = -1  # index of the worker slot that ran it
+        self.trace: int | None = None  # when a trace records it: its submit time (ns)
 
     @property
     def size(self) -> int:
@@ -167,6 +169,7 @@ class Record:
         """A new record for items [start, stop) of this one (map chunks only)."""
         rec = Record(self.call, self.base + start, self.items[start:stop], self.mode, None)
         rec.attempts = self.attempts
+        rec.trace = self.trace
         return rec
 
 
@@ -216,8 +219,11 @@ class Supervisor:
         init: tuple[bytes, Any, bool] | None,
         maxtasks: int | None,
         max_memory: int | None,
+        trace: Any = None,
     ) -> None:
         self._ctx = ctx
+        self.trace: _trace.Recorder | None = trace  # Pool(trace=...): this pool's own
+        self.tracing = trace  # what traced records go to: the trace of the last traced submit
         self._nworkers = workers
         self._init = init
         self._maxtasks = maxtasks
@@ -281,6 +287,9 @@ class Supervisor:
 
     def submit(self, records: list[Record]) -> None:
         """Queue records; raises PoolClosedError once the pool takes no more work."""
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:  # marked before the supervisor thread can see them
+            self.tracing = tracer.submitted(records)
         with self.intake:
             if not self.accepting or _interpreter_exiting:
                 raise PoolClosedError(self.refusal if not self.accepting else
@@ -381,6 +390,12 @@ class Supervisor:
         self._fd_owner[task_w] = ("write", w)
         self._poll.register(result_r, select.POLLIN)
         self._poll.register(w.sentinel, select.POLLIN)
+        self._trace_event(w, _trace.START)
+
+    def _trace_event(self, w: _Worker, kind: int) -> None:
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:
+            tracer.worker_event(self, w, kind)
 
     def _die_with_parent(self) -> bool:
         # PR_SET_PDEATHSIG follows the thread that forked the worker, so ask for it only
@@ -433,6 +448,8 @@ class Supervisor:
                 self._abort_all(self.broken or PoolClosedError("the pool stopped"))
                 os.close(self._wake_r)
                 os.close(self._wake_w)
+                if self.trace is not None:
+                    self.trace.pool_stopped(self)
                 self.stopped.set()
                 if self.after_stop is not None:
                     self.after_stop()
@@ -556,6 +573,7 @@ class Supervisor:
             if room <= 0 or w.writer.pending_bytes > _MAX_PENDING_BYTES:
                 continue
             batch = []
+            traced: list[Record] = []
             datas: list[bytes] = []
             size = 0
             known = w.known_fns
@@ -588,6 +606,9 @@ class Supervisor:
                 # argument is then not copied once more into the list's pickle, nor
                 # out of it in the worker.
                 mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
+                if rec.trace is not None:
+                    mode |= _worker.TRACED
+                    traced.append(rec)
                 batch.append((rec.rid, fn_id, fn_bytes, mode, len(data)))
                 datas.append(data)
                 w.outstanding[rec.rid] = rec
@@ -595,6 +616,8 @@ class Supervisor:
                 room -= 1
             if batch:
                 head = pickle.dumps(batch, _serialize.PROTOCOL)
+                if traced:
+                    _trace.dispatched(self, traced)
                 w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
                 self._flush(w)
 
@@ -685,10 +708,12 @@ class Supervisor:
             if kind == _worker.RESULTS:
                 self._handle_results(w, payload)
             elif kind == _worker.READY:
+                self._trace_event(w, _trace.READY)
                 w.ready = True
                 self._start_failures = 0
                 self.needs_work = True
             elif kind == _worker.RETIRE:
+                self._trace_event(w, _trace.RETIRE)
                 w.retiring = True
             elif kind == _worker.INIT_FAILED:
                 try:
@@ -703,6 +728,8 @@ class Supervisor:
         (head_len,) = _worker.HEAD_LEN.unpack_from(view, 0)
         offset = _worker.HEAD_LEN.size + head_len
         heads = pickle.loads(view[_worker.HEAD_LEN.size:offset])
+        if heads.__class__ is tuple:  # traced records: (heads, their timestamps, ...)
+            heads = _trace.results(self, w, *heads)
         calls: dict[Any, None] = {}
         revoked: list[Record] = []
         loads = pickle.loads
@@ -786,6 +813,7 @@ class Supervisor:
         running_rid = self._slots[slot + _worker.SLOT_RECORD]
         item = self._slots[slot + _worker.SLOT_ITEM]
         peak_kb = self._slots[slot + _worker.SLOT_PEAK_RSS_KB]
+        started = self._slots[slot + _worker.SLOT_STARTED_NS]
         sending = self._slots[slot + _worker.SLOT_PHASE] == _worker.PHASE_SEND
         for i in range(_worker.SLOT_SIZE):
             self._slots[slot + i] = 0
@@ -810,6 +838,10 @@ class Supervisor:
                 if item + 1 < rec.size:
                     requeue.append(rec.split(item + 1, rec.size))
             self._fail_running(w, rec, item, exitcode, peak_kb, sending, requeue, failed)
+        tracer = self.trace or _trace.ACTIVE
+        if tracer is not None:
+            tracer.worker_exited(self, w, graceful, exitcode, peak_kb,
+                                 w.outstanding.get(running_rid), started, failed)
         w.outstanding.clear()
         w.taking_back = None
         self.pending.extendleft(reversed(requeue))
