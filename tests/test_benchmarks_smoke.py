@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,3 +67,26 @@ def test_reliability_quick(tmp_path: Path) -> None:
     assert len(faults) == 3
     for row in faults:
         assert row[col] and not row[col].startswith("scenario failed"), row
+
+
+@pytest.mark.timeout(120)
+def test_bench_batch_quick(tmp_path: Path) -> None:
+    stdout = run_quick("bench_batch.py", tmp_path, timeout=100)
+    written = (tmp_path / "batch.md").read_text()
+    assert written.strip() == stdout.strip()
+    for n in range(1, 4):
+        assert f"### {n}." in written
+    rows = table_rows(written)
+    conveyor_rows = [row for row in rows if row[0].startswith("conveyor ")]
+    assert len(conveyor_rows) == 7  # 2 in section 1, 3 in section 2, 2 in section 3
+    for row in conveyor_rows:
+        assert not any(cell.startswith(("failed", "not measured")) for cell in row), row
+    targets = [row for row in conveyor_rows if row[-1].startswith(("≥", "≤"))]
+    assert len(targets) == 4  # section 1 with journal, section 2 with journal, both in 3
+    # GNU parallel is optional: measured when installed, "not installed" otherwise.
+    for row in rows:
+        if row[0] == "GNU parallel":
+            if shutil.which("parallel"):
+                assert not row[2].startswith(("failed", "not installed")), row
+            else:
+                assert row[2] == "not installed", row
