@@ -10,8 +10,8 @@ What is measured:
   where the transport has them, each item still its own message; else one message
   holding a list of 100, shown for Channel too). Timed from the start signal until the
   last consumer has its last item. Processes start with fork, before the clock starts.
-* the seed's case: 2 producers, 3 consumers, ``maxsize=10``, one int at a time; the
-  seed's own buffer (a ``Value`` counter guarded by two conditions) moves no items,
+* the classic bounded-buffer case: 2 producers, 3 consumers, ``maxsize=10``, one int at a time; the
+  hand-written buffer (a ``Value`` counter guarded by two conditions) moves no items,
   only a count, and is shown for reference.
 * moving one numpy array of 100 MB and of 1 GB from one process to another: from just
   before ``put`` in the sender to just after ``get`` returns in the receiver, and to the
@@ -233,8 +233,8 @@ def throughput(name: str, producers: int, consumers: int, kind: str, n: int, bat
     return got / elapsed
 
 
-def seed_buffer(n: int) -> float:
-    """The seed's pattern 1 as written: a counter, two conditions, MAXSIZE 10."""
+def condition_buffer(n: int) -> float:
+    """The textbook bounded buffer: a counter, two conditions, MAXSIZE 10."""
     count, lock = ctx.Value("i", 0, lock=False), ctx.Lock()
     not_full, not_empty = ctx.Condition(lock), ctx.Condition(lock)
     moved = ctx.Value("q", 0, lock=False)
@@ -350,17 +350,17 @@ def main() -> None:
         print(row, flush=True)
         lines.append(row)
 
-    lines += ["", "### The seed's case: 2 producers, 3 consumers, maxsize=10, one int at a time", ""]
+    lines += ["", "### A bounded buffer: 2 producers, 3 consumers, maxsize=10, one int at a time", ""]
     lines += ["| transport | items/s |", "|---|---:|"]
-    seed_rows = [
+    buffer_rows = [
         ("conveyor.Channel(maxsize=10)", lambda: throughput("conveyor.Channel", 2, 3, "int", 200_000, False, 10)),
         ("mp.Queue(maxsize=10)", lambda: throughput("mp.Queue", 2, 3, "int", 100_000, False, 10)),
         ("mp.JoinableQueue(maxsize=10)", lambda: throughput("mp.JoinableQueue", 2, 3, "int", 100_000, False, 10)),
-        ("seed's Condition buffer (moves a count, no items)", lambda: seed_buffer(100_000)),
+        ("Condition-guarded counter buffer (moves a count, no items)", lambda: condition_buffer(100_000)),
     ]
     if faster_fifo is not None:
-        seed_rows.insert(3, ("faster-fifo(maxsize=10)", lambda: throughput("faster-fifo", 2, 3, "int", 100_000, False, 10)))
-    for label, run in seed_rows:
+        buffer_rows.insert(3, ("faster-fifo(maxsize=10)", lambda: throughput("faster-fifo", 2, 3, "int", 100_000, False, 10)))
+    for label, run in buffer_rows:
         row = f"| {label} | {fmt_rate(statistics.median(run() for _ in range(3)))} |"
         print(row, flush=True)
         lines.append(row)

@@ -1,6 +1,6 @@
-"""Seed pattern 5: JoinableQueue, and the question it leaves open.
+"""A JoinableQueue, and the question it leaves open.
 
-The tutorial's consumers loop ``while True: item = q.get(); ...; q.task_done()`` and the
+The usual consumers loop ``while True: item = q.get(); ...; q.task_done()`` and the
 producer calls ``q.join()``. When may a consumer's loop end? Two classic answers are
 wrong, shown first; then the pipeline, which needs no answer at all.
 

@@ -1,6 +1,6 @@
-"""Seed pattern 6: a pool of workers, apply_async, close/join, results via .get().
+"""A pool of workers, apply_async, close/join, results via .get().
 
-The tutorial's version squares numbers in a multiprocessing.Pool; this one does the same
+The usual example squares numbers in a multiprocessing.Pool; this one does the same
 with conveyor.Pool, which also takes lambdas and re-raises task errors with the worker's
 traceback.
 

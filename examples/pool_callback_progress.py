@@ -1,6 +1,6 @@
-"""Seed pattern 7: a callback per finished task drives a progress bar.
+"""A pool with callbacks: a callback per finished task drives a progress bar.
 
-The tutorial updates a tqdm bar from apply_async's callback. That works here too (callbacks
+The usual recipe updates a tqdm bar from apply_async's callback. That works here too (callbacks
 run in the parent, on a thread of their own, so a slow callback never idles a worker); and
 ``progress=True`` does it for you.
 
@@ -23,7 +23,7 @@ def count_primes_below(n: int) -> int:
 def main() -> None:
     sizes = [20_000 + 1_000 * i for i in range(24)]
 
-    # 1. As in the seed: apply_async + callback updating a bar.
+    # 1. The usual recipe: apply_async + callback updating a bar.
     results: dict[int, int] = {}
     # The bar is the outer block: the pool's block waits for every task (and callback).
     with tqdm(total=len(sizes), desc="callback") as bar, cv.Pool(workers=2) as pool:

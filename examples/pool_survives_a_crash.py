@@ -1,4 +1,4 @@
-"""What the tutorial does not show: a worker that dies.
+"""What the usual examples do not show: a worker that dies.
 
 multiprocessing.Pool hangs forever when a worker is killed mid-task (an OOM kill, a
 segfault in a C extension). conveyor fails that one task with WorkerLostError, replaces

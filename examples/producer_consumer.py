@@ -1,6 +1,6 @@
-"""The seed's producer-consumer (pattern 1) on a conveyor Channel: 2 producers, 3 consumers.
+"""Producer–consumer with a bounded buffer, on a conveyor Channel: 2 producers, 3 consumers.
 
-The seed guards a shared counter with two conditions, ``not_full`` and ``not_empty``,
+The textbook version guards a shared counter with two conditions, ``not_full`` and ``not_empty``,
 and runs until it is killed after 20 s. Here the buffer carries real items, the
 channel does the waiting (a full channel blocks ``put``, an empty one blocks ``get``),
 and the run ends by itself: each producer closes its end when it is done, and once
@@ -24,7 +24,7 @@ ITEMS_PER_PRODUCER = 200
 
 class Producer(mp.Process):
     def __init__(self, channel: cv.Channel[tuple[str, int]], results: mp.SimpleQueue) -> None:  # type: ignore[type-arg]
-        super().__init__(daemon=True)  # as in the seed: workers die with the parent
+        super().__init__(daemon=True)  # workers die with the parent
         self.channel = channel
         self.results = results
 
@@ -33,7 +33,7 @@ class Producer(mp.Process):
             for i in range(ITEMS_PER_PRODUCER):
                 self.channel.put((self.name, i))  # blocks while 10 items wait
                 if random.random() < 0.05:
-                    time.sleep(0.001)  # producers at uneven speeds, as in the seed
+                    time.sleep(0.001)  # producers at uneven speeds
         self.results.put(("produced", self.name, ITEMS_PER_PRODUCER))
 
 

@@ -1,4 +1,4 @@
-"""The seed's ``Manager`` use case: a dict filled by a pool of workers.
+"""A dict filled by a pool of workers, as a ``multiprocessing.Manager`` dict would be.
 
 ``multiprocessing.Manager().dict()`` runs a server process and turns every ``d[k] += 1``
 into two round trips (and a race: the read and the write are separate requests).

@@ -1,7 +1,7 @@
 """A custom struct shared by producers and consumers ("custom structs are troublesome").
 
 With ``multiprocessing`` a struct means ``ctypes.Structure`` subclasses, ``Value(MyStruct)``
-and manual locking. Here it is a class with annotations. ``Buffer`` is the seed's bounded
+and manual locking. Here it is a class with annotations. ``Buffer`` is the classic bounded
 buffer of 10 slots, with its bookkeeping and statistics in one shared struct; ``with
 buf.lock:`` makes each put and take atomic across processes.
 

@@ -1,6 +1,6 @@
-"""The seed's shared memory pattern (``Value`` and ``Array``), with conveyor.
+"""Shared memory (``Value`` and ``Array``), with conveyor.
 
-The tutorial's version needs ``multiprocessing.Value('i', 0)`` and ``Array('d', 10)`` created
+The standard library's version needs ``multiprocessing.Value('i', 0)`` and ``Array('d', 10)`` created
 before the processes start, and their locks cannot be sent to a pool that is already running.
 ``SharedCounter`` and ``SharedArray`` can be sent anywhere (only a handle travels), lock
 themselves, and free their memory when the ``with`` block ends, even on an error.
