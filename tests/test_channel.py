@@ -25,7 +25,7 @@ from conveyor import (
     ChannelFull,
     SerializationError,
 )
-from conveyor._oob import THRESHOLD
+from conveyor._channel.oob import THRESHOLD
 
 MakeChannel = Callable[..., Channel[Any]]
 
@@ -530,7 +530,7 @@ def test_open_ended_channel_outlives_its_senders() -> None:
 def test_demo_runs_and_reports_a_rate(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conveyor import _demo_channel
+    from conveyor._demo import channel as _demo_channel
 
     monkeypatch.setattr(_demo_channel, "PER_PRODUCER", 3000)
     _demo_channel.run()

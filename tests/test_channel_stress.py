@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor import Channel
-from conveyor._oob import THRESHOLD
+from conveyor._channel.oob import THRESHOLD
 
 # Mostly small items, some medium, a few of several MB (those go out of band).
 # Medium ones stay below the smallest maxbytes; larger ones would be a ValueError in band.

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import conveyor
-from conveyor._cli import build_parser
-from conveyor._demo_pool import speedup_note
+from conveyor._cli.main import build_parser
+from conveyor._demo.pool import speedup_note
 
 ROOT = Path(__file__).resolve().parents[1]
 

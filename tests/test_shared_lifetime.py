@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor._shm import SHM_DIR, Segment, segment_exists
-from conveyor._shm_sweep import sweep_stale
+from conveyor._ipc.segment import SHM_DIR, Segment, segment_exists
+from conveyor._ipc.sweep import sweep_stale
 
 
 def run(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

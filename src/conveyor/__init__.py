@@ -29,33 +29,33 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conveyor._channel import Channel as Channel
-    from conveyor._channel import ChannelStatistics as ChannelStatistics
-    from conveyor._pipeline import ItemError as ItemError
-    from conveyor._pipeline import Pipeline as Pipeline
-    from conveyor._pipeline import PipelineStatistics as PipelineStatistics
-    from conveyor._pipeline import StageStatistics as StageStatistics
-    from conveyor._pool import AsyncResult as AsyncResult
-    from conveyor._pool import MapResult as MapResult
-    from conveyor._pool import Pool as Pool
-    from conveyor._pool import TaskFuture as TaskFuture
-    from conveyor._pool import map as map
-    from conveyor._pool_stats import PoolStatistics as PoolStatistics
-    from conveyor._shared import SharedCounter as SharedCounter
-    from conveyor._shared import SharedValue as SharedValue
-    from conveyor._shared_array import SharedArray as SharedArray
-    from conveyor._shared_common import SegmentLock as SegmentLock
-    from conveyor._shared_dict import SharedDict as SharedDict
-    from conveyor._shared_list import SharedList as SharedList
-    from conveyor._struct import SharedStruct as SharedStruct
-    from conveyor._struct import shared_struct as shared_struct
-    from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
-    from conveyor._team import TeamContext as TeamContext
-    from conveyor._team import team as team
-    from conveyor._work_queue import iter_work_queue as iter_work_queue
-    from conveyor._work_queue import work_queue as work_queue
-    from conveyor._worker import worker_index as worker_index
-    from conveyor._worker import worker_state as worker_state
+    from conveyor._channel.channel import Channel as Channel
+    from conveyor._channel.channel import ChannelStatistics as ChannelStatistics
+    from conveyor._flow.pipeline import ItemError as ItemError
+    from conveyor._flow.pipeline import Pipeline as Pipeline
+    from conveyor._flow.pipeline import PipelineStatistics as PipelineStatistics
+    from conveyor._flow.pipeline import StageStatistics as StageStatistics
+    from conveyor._flow.work_queue import iter_work_queue as iter_work_queue
+    from conveyor._flow.work_queue import work_queue as work_queue
+    from conveyor._ipc.lock import SegmentLock as SegmentLock
+    from conveyor._pool.pool import AsyncResult as AsyncResult
+    from conveyor._pool.pool import MapResult as MapResult
+    from conveyor._pool.pool import Pool as Pool
+    from conveyor._pool.pool import TaskFuture as TaskFuture
+    from conveyor._pool.pool import map as map
+    from conveyor._pool.stats import PoolStatistics as PoolStatistics
+    from conveyor._pool.worker import worker_index as worker_index
+    from conveyor._pool.worker import worker_state as worker_state
+    from conveyor._shared.arrays import SharedArray as SharedArray
+    from conveyor._shared.dicts import SharedDict as SharedDict
+    from conveyor._shared.fields import SharedFieldArray as SharedFieldArray
+    from conveyor._shared.lists import SharedList as SharedList
+    from conveyor._shared.structs import SharedStruct as SharedStruct
+    from conveyor._shared.structs import shared_struct as shared_struct
+    from conveyor._shared.values import SharedCounter as SharedCounter
+    from conveyor._shared.values import SharedValue as SharedValue
+    from conveyor._team.team import TeamContext as TeamContext
+    from conveyor._team.team import team as team
     from conveyor.errors import CallbackError as CallbackError
     from conveyor.errors import ChannelBroken as ChannelBroken
     from conveyor.errors import ChannelClosed as ChannelClosed
@@ -81,33 +81,33 @@ __version__ = "0.1.0"
 
 # Where each public name lives; loaded on first access.
 _EXPORTS: dict[str, str] = {
-    "Channel": "conveyor._channel",
-    "ChannelStatistics": "conveyor._channel",
-    "ItemError": "conveyor._pipeline",
-    "Pipeline": "conveyor._pipeline",
-    "PipelineStatistics": "conveyor._pipeline",
-    "StageStatistics": "conveyor._pipeline",
-    "AsyncResult": "conveyor._pool",
-    "MapResult": "conveyor._pool",
-    "Pool": "conveyor._pool",
-    "PoolStatistics": "conveyor._pool_stats",
-    "TaskFuture": "conveyor._pool",
-    "map": "conveyor._pool",
-    "SharedCounter": "conveyor._shared",
-    "SharedValue": "conveyor._shared",
-    "SharedArray": "conveyor._shared_array",
-    "SegmentLock": "conveyor._shared_common",
-    "SharedDict": "conveyor._shared_dict",
-    "SharedList": "conveyor._shared_list",
-    "SharedStruct": "conveyor._struct",
-    "shared_struct": "conveyor._struct",
-    "SharedFieldArray": "conveyor._struct_fields",
-    "TeamContext": "conveyor._team",
-    "team": "conveyor._team",
-    "iter_work_queue": "conveyor._work_queue",
-    "work_queue": "conveyor._work_queue",
-    "worker_index": "conveyor._worker",
-    "worker_state": "conveyor._worker",
+    "Channel": "conveyor._channel.channel",
+    "ChannelStatistics": "conveyor._channel.channel",
+    "ItemError": "conveyor._flow.pipeline",
+    "Pipeline": "conveyor._flow.pipeline",
+    "PipelineStatistics": "conveyor._flow.pipeline",
+    "StageStatistics": "conveyor._flow.pipeline",
+    "AsyncResult": "conveyor._pool.pool",
+    "MapResult": "conveyor._pool.pool",
+    "Pool": "conveyor._pool.pool",
+    "PoolStatistics": "conveyor._pool.stats",
+    "TaskFuture": "conveyor._pool.pool",
+    "map": "conveyor._pool.pool",
+    "SharedCounter": "conveyor._shared.values",
+    "SharedValue": "conveyor._shared.values",
+    "SharedArray": "conveyor._shared.arrays",
+    "SegmentLock": "conveyor._ipc.lock",
+    "SharedDict": "conveyor._shared.dicts",
+    "SharedList": "conveyor._shared.lists",
+    "SharedStruct": "conveyor._shared.structs",
+    "shared_struct": "conveyor._shared.structs",
+    "SharedFieldArray": "conveyor._shared.fields",
+    "TeamContext": "conveyor._team.team",
+    "team": "conveyor._team.team",
+    "iter_work_queue": "conveyor._flow.work_queue",
+    "work_queue": "conveyor._flow.work_queue",
+    "worker_index": "conveyor._pool.worker",
+    "worker_state": "conveyor._pool.worker",
     "CallbackError": "conveyor.errors",
     "ChannelBroken": "conveyor.errors",
     "ChannelClosed": "conveyor.errors",
