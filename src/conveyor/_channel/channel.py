@@ -42,6 +42,8 @@ from typing import Any, Generic, TypeVar
 
 from conveyor._channel import oob as _oob
 from conveyor._channel.ring import CANCELLED, PROCESS, Ring, open_ring
+from conveyor._ipc.segment import align8
+from conveyor._ipc.serialize import PROTOCOL
 from conveyor.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
 
 T = TypeVar("T")
@@ -94,7 +96,7 @@ class Channel(Generic[T]):
             )
         if not isinstance(maxbytes, int) or not 64 <= maxbytes <= _MAX_CAPACITY:
             raise ValueError(f"maxbytes must be an int in [64, {_MAX_CAPACITY}], got {maxbytes!r}")
-        self._ring = Ring.create((maxbytes + 7) & ~7, maxsize, senders)
+        self._ring = Ring.create(align8(maxbytes), maxsize, senders)
         self._fresh()
 
     def _fresh(self) -> None:
@@ -141,9 +143,9 @@ class Channel(Generic[T]):
             # a dumps. (A big array inside a list is then pickled in band once, found
             # too large for the fast path, and sent out of band by the general one.)
             if type(item) in _PLAIN:
-                record = dumps(item, 5)
+                record = dumps(item, PROTOCOL)
             else:
-                record = dumps(item, 5, buffer_callback=_oob.probe)
+                record = dumps(item, PROTOCOL, buffer_callback=_oob.probe)
         except Exception:  # unpicklable, or a large buffer: the general path sorts it out
             record = b""
         if 0 < len(record) <= self._fast_limit:
@@ -179,7 +181,7 @@ class Channel(Generic[T]):
         try:
             for item in items:
                 try:  # put()'s fast path, per item
-                    record = dumps(item, 5, buffer_callback=_oob.probe)
+                    record = dumps(item, PROTOCOL, buffer_callback=_oob.probe)
                 except Exception:
                     record = b""
                 if 0 < len(record) <= self._fast_limit:

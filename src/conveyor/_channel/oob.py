@@ -1,6 +1,6 @@
 """Turning channel items into records and back; large buffers travel out of band.
 
-Small items are one ``pickle.dumps(item, 5)``: the record *is* the pickle. Lambdas and
+Small items are one ``pickle.dumps(item, PROTOCOL)``: the record *is* the pickle. Lambdas and
 closures, which plain pickle refuses, fall back to cloudpickle (loaded on first need).
 
 Large buffers (a contiguous numpy array, ``bytes`` or ``bytearray`` of at least
@@ -35,6 +35,7 @@ from contextlib import suppress
 from typing import Any
 
 from conveyor._ipc.segment import SHM_DIR, Segment, space_error
+from conveyor._ipc.serialize import PROTOCOL, dumps_by_value
 from conveyor.errors import ChannelBroken, SerializationError, short_repr
 
 THRESHOLD = 256 * 1024
@@ -98,7 +99,7 @@ def encode(item: object, ring_name: str) -> tuple[bytes, int, list[Segment]]:
     """
     if not _is_large_bytes(item):
         try:
-            record = pickle.dumps(item, 5, buffer_callback=probe)
+            record = pickle.dumps(item, PROTOCOL, buffer_callback=probe)
         except _Large:
             pass
         except Exception as exc:
@@ -121,7 +122,7 @@ def _encode_large(item: object, ring_name: str) -> tuple[bytes, int, list[Segmen
         return False
 
     try:
-        main = pickle.dumps(_wrap_large_bytes(item), 5, buffer_callback=keep)
+        main = pickle.dumps(_wrap_large_bytes(item), PROTOCOL, buffer_callback=keep)
     except Exception as exc:
         views.clear()
         main = _cloudpickle(item, exc, keep)
@@ -143,15 +144,13 @@ def _encode_large(item: object, ring_name: str) -> tuple[bytes, int, list[Segmen
     except BaseException:
         discard(blocks)
         raise
-    record = pickle.dumps((main, [(b.name, b.size) for b in blocks]), 5)
+    record = pickle.dumps((main, [(b.name, b.size) for b in blocks]), PROTOCOL)
     return record, OOB, blocks
 
 
 def _cloudpickle(item: object, first: Exception, keep: Any) -> bytes:
     try:
-        import cloudpickle
-
-        return bytes(cloudpickle.dumps(item, protocol=5, buffer_callback=keep))
+        return dumps_by_value(item, keep)
     except Exception as exc:
         raise SerializationError(
             f"cannot send {short_repr(item)} through the channel: it cannot be pickled "

@@ -60,7 +60,7 @@ from time import monotonic, sleep
 
 from conveyor._channel import peers as peers
 from conveyor._channel.oob import sweep_blocks
-from conveyor._ipc.segment import SHM_DIR, Segment
+from conveyor._ipc.segment import SHM_DIR, Segment, align8
 from conveyor.errors import ChannelBroken, ChannelClosed
 
 HEADER = 4096
@@ -173,7 +173,7 @@ class Ring:
         return int(self._w[_CLOSED])
 
     def record_size(self, n: int) -> int:
-        return 8 + ((n + 7) & ~7)
+        return 8 + align8(n)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class Ring:
         """
         w, cap = self._w, self.capacity
         n = len(rec)
-        need = 8 + ((n + 7) & ~7)
+        need = 8 + ((n + 7) & ~7)  # record_size(n), inlined: the hot path
         with self._send_tlock:
             lockf(self._fd, LOCK_EX, 1, _SEND_BYTE)
             try:
@@ -254,7 +254,7 @@ class Ring:
                 while i < len(records):
                     rec, flags = records[i]
                     n = len(rec)
-                    need = 8 + ((n + 7) & ~7)
+                    need = 8 + ((n + 7) & ~7)  # record_size(n), inlined: the hot path
                     if (maxsize and count >= maxsize) or need > cap - used:
                         if self._head_seen == w[_HEAD]:
                             break
@@ -362,7 +362,7 @@ class Ring:
                     rec = bytes(self._data[p : p + n])
                 else:
                     rec = bytes(self._data[p:cap]) + bytes(self._data[: n - (cap - p)])
-                w[_HEAD] = (((head_w >> 32) + 1) & M32) << 32 | (head + 8 + ((n + 7) & ~7)) % cap
+                w[_HEAD] = (((head_w >> 32) + 1) & M32) << 32 | (head + 8 + ((n + 7) & ~7)) % cap  # record_size(n), inlined
                 return rec, prefix >> 32
             finally:
                 lockf(self._fd, LOCK_UN, 1, _RECV_BYTE)
@@ -400,7 +400,7 @@ class Ring:
                     else:
                         rec = bytes(data[p:cap]) + bytes(data[: n - (cap - p)])
                         out.append((rec, prefix >> 32))
-                    head = (head + 8 + ((n + 7) & ~7)) % cap
+                    head = (head + 8 + ((n + 7) & ~7)) % cap  # record_size(n), inlined
                 w[_HEAD] = (((head_w >> 32) + take) & M32) << 32 | head
                 return out
             finally:

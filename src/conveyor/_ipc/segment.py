@@ -37,6 +37,12 @@ PREFIX = "conveyor_"
 _KINDS = {"chan": "channel", "seg": "segment", "teamstate": "team state"}
 
 
+def align8(n: int) -> int:
+    """``n`` rounded up to a multiple of 8: every word conveyor puts in shared memory sits
+    on an 8-byte boundary, so a single aligned store writes it whole (see ``_channel.ring``)."""
+    return (n + 7) & ~7
+
+
 def _start_time(pid: int) -> str | None:
     """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
     try:

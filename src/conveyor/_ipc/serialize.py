@@ -15,17 +15,25 @@ from typing import Any
 
 from conveyor.errors import SerializationError, short_repr
 
+# Every pickle conveyor writes uses this protocol: 5 hands large buffers to a
+# ``buffer_callback`` (PEP 574), which the channel's out-of-band blocks rely on.
 PROTOCOL = 5
 
 
-def dumps(obj: object) -> bytes:
-    """Pickle ``obj``, falling back to cloudpickle. Raises whatever both raised."""
+def dumps(obj: object, buffer_callback: Any = None) -> bytes:
+    """Pickle ``obj``, falling back to cloudpickle. Raises what cloudpickle raised."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return pickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback)
     except Exception:
-        import cloudpickle
+        return dumps_by_value(obj, buffer_callback)
 
-        return bytes(cloudpickle.dumps(obj, PROTOCOL))
+
+def dumps_by_value(obj: object, buffer_callback: Any = None) -> bytes:
+    """cloudpickle alone: for what the standard pickler refused (lambdas, closures,
+    classes of ``__main__``). Loaded on first need, so ``import conveyor`` stays cheap."""
+    import cloudpickle
+
+    return bytes(cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback))
 
 
 def dumps_function(fn: object, main_by_value: bool = True) -> bytes:
@@ -40,10 +48,8 @@ def dumps_function(fn: object, main_by_value: bool = True) -> bytes:
     """
     module = getattr(fn, "__module__", None)
     if main_by_value and (module == "__main__" or module is None):
-        import cloudpickle
-
         code = getattr(fn, "__code__", None)
-        data = bytes(cloudpickle.dumps(fn, PROTOCOL))
+        data = dumps_by_value(fn)
         if code is not None:
             # cloudpickle renames the code's file to "<dynamic-code>"; put the real one
             # back in the worker so its tracebacks show file, line and source.

@@ -290,7 +290,7 @@ def worker_main(
             initargs = pickle.loads(args) if args_pickled else args
             state = pickle.loads(fn_bytes)(*initargs)
     except BaseException as exc:
-        _frames.write_frame(result_fd, INIT_FAILED, pickle.dumps(_encode_exception(exc)))
+        _frames.write_frame(result_fd, INIT_FAILED, pickle.dumps(_encode_exception(exc), _serialize.PROTOCOL))
         os._exit(0)
     _state = state
     _frames.write_frame(result_fd, READY, b"")
@@ -441,9 +441,7 @@ def _dump_result(status: int, value: Any) -> tuple[int, bytes]:
     except BaseException:
         pass
     try:
-        import cloudpickle
-
-        return status, bytes(cloudpickle.dumps(value, _serialize.PROTOCOL))
+        return status, _serialize.dumps_by_value(value)
     except BaseException as exc:
         what = "result" if status == OK else "exception"
         try:

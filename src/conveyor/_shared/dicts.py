@@ -9,6 +9,8 @@ import zlib
 from collections.abc import Iterable, Iterator, MutableMapping
 from typing import Any
 
+from conveyor._ipc.segment import align8
+from conveyor._ipc.serialize import PROTOCOL
 from conveyor._shared.store import (
     DELETED,
     EMPTY,
@@ -21,7 +23,6 @@ from conveyor._shared.store import (
     MISSING,
     SLOT,
     Store,
-    aligned,
 )
 
 _KEY_SCALARS = (str, bytes, int, float, type(None))
@@ -116,7 +117,7 @@ class SharedDict(Store, MutableMapping[Any, Any]):
         cap = max(8, index_cap)
         while len(live) * 2 > cap:
             cap *= 2
-        live_bytes = sum(aligned(ENTRY.size + len(k) + len(v)) for k, v in live)
+        live_bytes = sum(align8(ENTRY.size + len(k) + len(v)) for k, v in live)
         base = self._reset_heap(16 * cap, live_bytes, extra)
         self._set(F_INDEX, base)
         self._set(F_CAP, cap)
@@ -132,7 +133,7 @@ class SharedDict(Store, MutableMapping[Any, Any]):
         # Room first: reserving may rebuild the index, which moves every slot.
         if (self._get(F_USED) + 1) * 5 > self._get(F_CAP) * 3:
             self._rebuild(self._get(F_CAP) * 2, ENTRY.size + len(kb) + len(vb))
-        self._reserve(aligned(ENTRY.size + len(kb) + len(vb) + len(vb) // 4))
+        self._reserve(align8(ENTRY.size + len(kb) + len(vb) + len(vb) // 4))
         slot, off = self._find(kb)
         if off:
             new = self._replace_value(off, vb)
@@ -164,7 +165,7 @@ class SharedDict(Store, MutableMapping[Any, Any]):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         kb = _key_bytes(key)
-        vb = pickle.dumps(value, 5)
+        vb = pickle.dumps(value, PROTOCOL)
         with self._lock:
             self._sync()
             self._store(kb, vb)

@@ -12,16 +12,14 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
+from conveyor._ipc.segment import align8
+
 _LEN = struct.Struct("I")
 
 # Instance attributes and methods every shared struct has; a field may not shadow them.
 RESERVED = frozenset(
     {"lock", "close", "closed", "add", "compare_and_set", "update", "asdict", "segment_name"}
 )
-
-
-def _align(n: int) -> int:
-    return (n + 7) & ~7
 
 
 class _Field:
@@ -136,7 +134,7 @@ class _TextField(_Field):
         self.capacity = capacity
         self.is_str = is_str
         self.kind = f"{'str' if is_str else 'bytes'}[{capacity}]"
-        self.size = _align(4 + capacity)
+        self.size = align8(4 + capacity)
 
     def zero(self) -> str | bytes:
         return "" if self.is_str else b""
@@ -324,7 +322,7 @@ class Layout:
         offset = 0
         for f in fields:
             f.offset = offset
-            offset += _align(f.size)
+            offset += align8(f.size)
         self.size = max(offset, 8)
         self.signature = tuple((f.name, f.kind) for f in fields)
         self.numeric = {f.name: f for f in fields if isinstance(f, (_IntField, _FloatField))}

@@ -7,6 +7,8 @@ import struct
 from collections.abc import Iterable, Iterator, MutableSequence
 from typing import Any, overload
 
+from conveyor._ipc.segment import align8
+from conveyor._ipc.serialize import PROTOCOL
 from conveyor._shared.store import (
     ENTRY,
     F_CAP,
@@ -15,7 +17,6 @@ from conveyor._shared.store import (
     F_INDEX,
     Q,
     Store,
-    aligned,
 )
 
 
@@ -50,7 +51,7 @@ class SharedList(Store, MutableSequence[Any]):
     def _rebuild_now(self, index_cap: int, extra: int) -> None:
         live = [self._raw_at(off)[1] for off in self._offsets()] if self._get(F_INDEX) else []
         cap = max(8, index_cap, len(live))
-        live_bytes = sum(aligned(ENTRY.size + len(v)) for v in live)
+        live_bytes = sum(align8(ENTRY.size + len(v)) for v in live)
         base = self._reset_heap(8 * cap, live_bytes, extra)
         self._set(F_INDEX, base)
         self._set(F_CAP, cap)
@@ -61,7 +62,7 @@ class SharedList(Store, MutableSequence[Any]):
     def _room_for(self, vb: bytes) -> None:
         if self._get(F_COUNT) >= self._get(F_CAP):
             self._rebuild(self._get(F_CAP) * 2, ENTRY.size + len(vb))
-        self._reserve(aligned(ENTRY.size + len(vb) + len(vb) // 4))
+        self._reserve(align8(ENTRY.size + len(vb) + len(vb) // 4))
 
     def _index(self, i: int) -> int:
         n = self._get(F_COUNT)
@@ -95,7 +96,7 @@ class SharedList(Store, MutableSequence[Any]):
                 items[i] = value
                 self._replace_all(items)
             return
-        vb = pickle.dumps(value, 5)
+        vb = pickle.dumps(value, PROTOCOL)
         with self._lock:
             self._sync()
             self._room_for(vb)
@@ -130,7 +131,7 @@ class SharedList(Store, MutableSequence[Any]):
             return self._get(F_COUNT)
 
     def insert(self, index: int, value: Any) -> None:
-        vb = pickle.dumps(value, 5)
+        vb = pickle.dumps(value, PROTOCOL)
         with self._lock:
             self._sync()
             self._room_for(vb)
@@ -142,7 +143,7 @@ class SharedList(Store, MutableSequence[Any]):
             self._set(F_COUNT, n + 1)
 
     def append(self, value: Any) -> None:
-        vb = pickle.dumps(value, 5)
+        vb = pickle.dumps(value, PROTOCOL)
         with self._lock:
             self._sync()
             self._room_for(vb)

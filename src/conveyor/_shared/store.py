@@ -47,7 +47,7 @@ from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from conveyor._ipc.lock import SegmentLock, closed_error, create_segment
-from conveyor._ipc.segment import SHM_DIR, Segment, reserve
+from conveyor._ipc.segment import SHM_DIR, Segment, align8, reserve
 
 T = TypeVar("T")
 
@@ -79,10 +79,6 @@ def _signals_deferred() -> Iterator[None]:
 # cut down when it is rebuilt (by clear(), or once removals leave mostly garbage).
 SHRINK_FLOOR = 1 << 16
 SHRINK_RATIO = 4
-
-
-def aligned(n: int) -> int:
-    return (n + 7) & ~7
 
 
 class Store:
@@ -184,7 +180,7 @@ class Store:
 
     def _alloc(self, nbytes: int) -> int:
         top = self._get(F_TOP)
-        self._set(F_TOP, top + aligned(nbytes))
+        self._set(F_TOP, top + align8(nbytes))
         return top
 
     def _write_entry(self, kb: bytes, vb: bytes, extra: int = 0) -> int:
@@ -199,7 +195,7 @@ class Store:
 
     def _entry_size(self, at: int) -> int:
         klen, _, cap = ENTRY.unpack_from(self._buf, at)
-        return aligned(ENTRY.size + klen + cap)
+        return align8(ENTRY.size + klen + cap)
 
     def _value_at(self, at: int) -> Any:
         klen, vlen, _ = ENTRY.unpack_from(self._buf, at)
@@ -256,7 +252,7 @@ class Store:
         elif size > SHRINK_FLOOR and needed * SHRINK_RATIO <= size:
             self._shrink(max(SHRINK_FLOOR, 1 << (2 * needed - 1).bit_length()))
         self._buf[_HEADER_SIZE : _HEADER_SIZE + index_bytes] = bytes(index_bytes)
-        self._set(F_TOP, _HEADER_SIZE + aligned(index_bytes))
+        self._set(F_TOP, _HEADER_SIZE + align8(index_bytes))
         self._set(F_GARBAGE, 0)
         return _HEADER_SIZE
 

@@ -43,9 +43,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import cloudpickle
-
 from conveyor._ipc.segment import Segment
+from conveyor._ipc.serialize import dumps as _dumps
 from conveyor._team.state import SPIN_SECONDS, TeamState
 from conveyor.errors import RemoteTraceback, TeamBrokenError, TeamMemberLostError
 
@@ -162,13 +161,6 @@ def _reduce(op: str | Callable[[Any, Any], Any], values: Sequence[Any]) -> Any:
     for v in values[1:]:
         acc = fn(acc, v)
     return acc
-
-
-def _dumps(obj: Any) -> bytes:
-    try:
-        return pickle.dumps(obj, 5)
-    except Exception:
-        return bytes(cloudpickle.dumps(obj, 5))
 
 
 def _member_main(
