@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from conveyor.errors import ChannelClosed as ChannelClosed
     from conveyor.errors import ChannelEmpty as ChannelEmpty
     from conveyor.errors import ChannelFull as ChannelFull
+    from conveyor.errors import ClosedChannelError as ClosedChannelError
+    from conveyor.errors import EndOfChannel as EndOfChannel
     from conveyor.errors import ConveyorError as ConveyorError
     from conveyor.errors import PipelineError as PipelineError
     from conveyor.errors import PoolClosedError as PoolClosedError
@@ -113,6 +115,8 @@ _EXPORTS: dict[str, str] = {
     "ChannelClosed": "conveyor.errors",
     "ChannelEmpty": "conveyor.errors",
     "ChannelFull": "conveyor.errors",
+    "ClosedChannelError": "conveyor.errors",
+    "EndOfChannel": "conveyor.errors",
     "ConveyorError": "conveyor.errors",
     "PipelineError": "conveyor.errors",
     "PoolClosedError": "conveyor.errors",
@@ -139,7 +143,9 @@ __all__ = [
     "ChannelEmpty",
     "ChannelFull",
     "ChannelStatistics",
+    "ClosedChannelError",
     "ConveyorError",
+    "EndOfChannel",
     "ItemError",
     "MapResult",
     "Pipeline",

@@ -44,7 +44,13 @@ from conveyor._channel import oob as _oob
 from conveyor._channel.ring import CANCELLED, PROCESS, Ring, open_ring
 from conveyor._ipc.segment import align8
 from conveyor._ipc.serialize import PROTOCOL
-from conveyor.errors import ChannelClosed, ChannelEmpty, ChannelFull, SerializationError
+from conveyor.errors import (
+    ChannelEmpty,
+    ChannelFull,
+    ClosedChannelError,
+    EndOfChannel,
+    SerializationError,
+)
 
 T = TypeVar("T")
 
@@ -127,7 +133,7 @@ class Channel(Generic[T]):
     def put(self, item: T, timeout: float | None = None) -> None:
         """Send ``item``, waiting up to ``timeout`` seconds (None: forever) for room.
 
-        Raises ``ChannelFull`` on timeout, ``ChannelClosed`` after this handle's
+        Raises ``ChannelFull`` on timeout, ``ClosedChannelError`` after this handle's
         ``close()``, ``ChannelBroken`` if the channel broke, ``SerializationError`` if
         ``item`` cannot be pickled and ``ValueError`` if it can never fit ``maxbytes``;
         in those last two cases nothing was written.
@@ -209,10 +215,10 @@ class Channel(Generic[T]):
 
     def _start_sending(self) -> None:
         if self._closed:
-            raise ChannelClosed("put() after close() on this handle; close() means 'I am done'")
+            raise ClosedChannelError("put() after close() on this handle; close() means 'I am done'")
         ring = self._ring
         if ring.senders and ring.closed_senders() >= ring.senders:
-            raise ChannelClosed(
+            raise ClosedChannelError(
                 f"all {ring.senders} declared senders have closed this channel; "
                 f"declare one more with Channel(senders={ring.senders + 1})"
             )
@@ -255,7 +261,7 @@ class Channel(Generic[T]):
     def get(self, timeout: float | None = None) -> T:
         """The next item, waiting up to ``timeout`` seconds (None: forever).
 
-        Raises ``ChannelClosed`` at end of stream, ``ChannelEmpty`` on timeout,
+        Raises ``EndOfChannel`` at end of stream, ``ChannelEmpty`` on timeout,
         ``ChannelBroken`` if the channel broke.
 
         Example::
@@ -309,7 +315,7 @@ class Channel(Generic[T]):
     def __next__(self) -> T:
         try:
             return self.get()
-        except ChannelClosed:
+        except EndOfChannel:
             raise StopIteration from None
 
     # -- state ---------------------------------------------------------------------------

@@ -60,8 +60,9 @@ from time import monotonic, sleep
 
 from conveyor._channel import peers as peers
 from conveyor._channel.oob import sweep_blocks
+from conveyor._ipc import forks
 from conveyor._ipc.segment import SHM_DIR, Segment, align8
-from conveyor.errors import ChannelBroken, ChannelClosed
+from conveyor.errors import ChannelBroken, EndOfChannel
 
 HEADER = 4096
 MAGIC = 0x434F4E5645590001
@@ -134,7 +135,7 @@ class Ring:
         # Large items' blocks pass from sender to receiver; unread ones die with the ring.
         ring._sweeper = weakref.finalize(ring, sweep_blocks, ring.tag)
         _RINGS[ring.name] = ring
-        _watch_forks()
+        _watch_forks(ring)
         return ring
 
     # -- locking -------------------------------------------------------------------
@@ -307,7 +308,7 @@ class Ring:
     def get(self, max_items: int, timeout: float | None, tried: bool = False) -> list[Record]:
         """Take 1 to ``max_items`` records, blocking until there is one.
 
-        Returns ``[]`` when ``timeout`` ran out; raises ``ChannelClosed`` at end of
+        Returns ``[]`` when ``timeout`` ran out; raises ``EndOfChannel`` at end of
         stream and ``ChannelBroken`` when the channel broke. ``tried``: the caller
         has just found the ring empty, so start by waiting.
         """
@@ -335,7 +336,7 @@ class Ring:
         # closes, so seeing every close and then an empty ring means truly drained.
         w = self._w
         if self.senders and w[_CLOSED] >= self.senders and not (w[_TAIL] ^ w[_HEAD]) >> 32:
-            raise ChannelClosed("end of stream: every sender closed and the channel is drained")
+            raise EndOfChannel("end of stream: every sender closed and the channel is drained")
 
     def read1(self) -> Record | None:
         """:meth:`read` for one record, unrolled: this is every ``get``'s cost."""
@@ -514,7 +515,6 @@ class Ring:
         self._recv_registered = False
         self._head_seen = self._tail_seen = 0
         self._tail_mine = -1
-        self.seg.disown()
         if self._sweeper is not None:
             self._sweeper.detach()
             self._sweeper = None
@@ -547,20 +547,16 @@ PROCESS = _Process()
 
 
 _RINGS: weakref.WeakValueDictionary[str, Ring] = weakref.WeakValueDictionary()
-_fork_hook = False
 
 
-def _watch_forks() -> None:
-    global _fork_hook
-    if not _fork_hook:
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook = True
+def _watch_forks(ring: Ring) -> None:
+    # The segment disowns itself in the child (Segment registers for that).
+    forks.call_in_child(_update_pid)
+    forks.register(ring, Ring._after_fork)
 
 
-def _after_fork_in_child() -> None:
+def _update_pid() -> None:
     PROCESS.pid = os.getpid()
-    for ring in list(_RINGS.values()):
-        ring._after_fork()
 
 
 def open_ring(name: str) -> Ring:
@@ -577,5 +573,5 @@ def open_ring(name: str) -> Ring:
                 "gone",
             ) from None
         ring = _RINGS[name] = Ring(seg)
-        _watch_forks()
+        _watch_forks(ring)
     return ring

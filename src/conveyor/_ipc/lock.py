@@ -6,7 +6,7 @@ The process that creates a shared object (struct, value, array, dict, list) owns
 segment and is the only one that unlinks it: on ``close()``, at the end of its ``with``
 block, when the object is garbage-collected, at interpreter exit (also after an exception
 or Ctrl-C), or, after SIGKILL or SIGTERM, by the reaper its process family started or
-the next run's sweep, once no live process maps it any more (see ``_shm_sweep``). Every
+the next run's sweep, once no live process maps it any more (see ``_ipc.sweep``). Every
 other process gets a pickled handle and attaches; it never unlinks, and it bypasses the
 resource tracker (which before Python 3.13 would unlink the segment when the *attaching*
 process exits).
@@ -52,7 +52,7 @@ import weakref
 from types import ModuleType
 from typing import Any
 
-from conveyor._ipc import sweep as _shm_sweep
+from conveyor._ipc import forks
 from conveyor._ipc.segment import SHM_DIR, Segment
 from conveyor.errors import SharedObjectClosedError
 
@@ -64,56 +64,6 @@ _fcntl = fcntl.fcntl
 _OFD_SETLKW = fcntl.F_OFD_SETLKW
 _OFD_SETLK = fcntl.F_OFD_SETLK
 _get_ident = threading.get_ident
-
-_swept = False
-_sweep_lock = threading.Lock()
-
-
-def create_segment(size: int, kind: str) -> Segment:
-    """Create an owned segment; the first call in a process also sweeps stale ones.
-
-    Sweeping here is what makes segments left by a SIGKILLed owner disappear on the next
-    run: every run that makes shared state looks once.
-    """
-    global _swept
-    with _sweep_lock:
-        if not _swept:
-            _swept = True
-            _shm_sweep.sweep_stale()
-    seg = Segment.create(size, kind)
-    _owned_segments.add(seg)
-    return seg
-
-
-# Owned segments of this process. A forked child inherits the owner objects; it must not
-# unlink them when it collects its copy, so the fork hook below disowns them in the child.
-_owned_segments: weakref.WeakSet[Segment] = weakref.WeakSet()
-
-
-def _disown_after_fork() -> None:
-    # The one place that reaches into Segment's private finalizer: a forked child holds a
-    # copy of the owner object, and without this its garbage collection would unlink the
-    # parent's segment (the standard SharedMemory has the same trap under fork).
-    for seg in list(_owned_segments):
-        fin = getattr(seg, "_finalizer", None)
-        if fin is not None:
-            fin.detach()
-            seg._finalizer = None
-        seg.owner = False
-    _owned_segments.clear()
-
-
-_live_locks: weakref.WeakSet[SegmentLock] = weakref.WeakSet()
-
-
-def _locks_after_fork() -> None:
-    for lock in list(_live_locks):
-        lock._after_fork()
-
-
-os.register_at_fork(after_in_child=_disown_after_fork)
-os.register_at_fork(after_in_child=_locks_after_fork)
-
 
 class SegmentLock:
     """A reentrant, process- and thread-safe lock bound to a shared-memory segment.
@@ -140,7 +90,7 @@ class SegmentLock:
         self._thread_lock = threading.Lock()
         self._owner: int | None = None
         self._depth = 0
-        _live_locks.add(self)
+        forks.register(self, SegmentLock._after_fork)
         self._finalizer = weakref.finalize(self, _close_fd, self._fd)
 
     def _open(self) -> None:

@@ -29,6 +29,8 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from conveyor._ipc import forks
+
 if TYPE_CHECKING:  # imported when needed: the reaper process imports this module
     from conveyor.errors import SharedMemoryFullError
 
@@ -163,12 +165,22 @@ class Segment:
         self._finalizer = (
             weakref.finalize(self, _unlink_owned, name, None) if owner else None
         )
+        if owner:
+            # A forked child holds a copy of this owner object; without this, its
+            # garbage collection would unlink the parent's segment (the standard
+            # SharedMemory has the same trap under fork).
+            forks.register(self, Segment.disown)
 
     @classmethod
     def create(
-        cls, size: int, kind: str = "seg", *, reserved: bool = True, owner: str | None = None
+        cls, size: int, kind: str = "seg", *, reserved: bool = True, owner: str | None = None,
+        sweep: bool = False,
     ) -> Segment:
-        """A new segment of ``size`` bytes, owned by this process.
+        """A new segment of ``size`` bytes, owned by this process: the one way to make one.
+
+        Forked children disown it (see ``forks``). ``sweep``: the first such call in a
+        process first removes what killed runs left (:func:`~conveyor._ipc.sweep.sweep_stale`);
+        shared objects and teams ask for it, so every run that makes shared state looks once.
 
         ``reserved``: set its pages aside now (see :func:`reserve`), so that writing
         into the mapping can never hit a full /dev/shm. A segment filled only with
@@ -177,8 +189,10 @@ class Segment:
         """
         if size < 0:
             raise ValueError(f"segment size must be >= 0, got {size}")
-        from conveyor._ipc.sweep import join_reaper
+        from conveyor._ipc.sweep import join_reaper, sweep_stale_once
 
+        if sweep:
+            sweep_stale_once()
         join_reaper()  # before the segment exists: a kill right after it is covered
         name = new_name(kind, owner)
         path = SHM_DIR / name

@@ -131,6 +131,19 @@ def sweep_stale() -> list[str]:
     return sweep()[0]
 
 
+_swept = False
+_sweep_lock = threading.Lock()
+
+
+def sweep_stale_once() -> None:
+    """:func:`sweep_stale`, the first time a process asks (see ``Segment.create``)."""
+    global _swept
+    with _sweep_lock:
+        if not _swept:
+            _swept = True
+            sweep_stale()
+
+
 # -- the reaper ------------------------------------------------------------------------------
 
 _lock = threading.Lock()

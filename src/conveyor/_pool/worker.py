@@ -40,6 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from conveyor._ipc import forks
 from conveyor._ipc import frames as _frames
 from conveyor._ipc import serialize as _serialize
 from conveyor.errors import SerializationError
@@ -281,7 +282,7 @@ def worker_main(
     ).start()
     _index = index
     slots = status_view(slots)
-    os.register_at_fork(after_in_child=_mark_forked_child)
+    forks.call_in_child(_mark_forked_child)
 
     try:
         state = None

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from conveyor._ipc.lock import SegmentLock, create_segment, import_numpy, populate
+from conveyor._ipc.lock import SegmentLock, import_numpy, populate
 from conveyor._ipc.segment import Segment
 
 
@@ -54,7 +54,7 @@ class SharedArray:
                 f"({nbytes / 2**30:.3g} GiB); the limit is {sys.maxsize} bytes, the largest "
                 "mapping a process can ask for (in practice, the free space of /dev/shm)"
             )
-        self._setup(create_segment(nbytes, "array"), shape_t, dt, order)
+        self._setup(Segment.create(nbytes, "array", sweep=True), shape_t, dt, order)
 
     def _setup(self, seg: Segment, shape: tuple[int, ...], dtype: Any, order: str) -> None:
         np = import_numpy()

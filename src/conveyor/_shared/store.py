@@ -46,7 +46,7 @@ import struct
 from collections.abc import Iterator
 from typing import Any, TypeVar
 
-from conveyor._ipc.lock import SegmentLock, closed_error, create_segment
+from conveyor._ipc.lock import SegmentLock, closed_error
 from conveyor._ipc.segment import SHM_DIR, Segment, align8, reserve
 
 T = TypeVar("T")
@@ -88,7 +88,7 @@ class Store:
 
     def _create(self, initial_bytes: int) -> None:
         size = max(4096, 1 << max(0, initial_bytes - 1).bit_length())
-        seg = create_segment(size, self._kind)
+        seg = Segment.create(size, self._kind, sweep=True)
         self._open(seg)
         _HEADER.pack_into(self._buf, 0, _MAGIC, size, 0, 0, 0, _HEADER_SIZE, 0, 0)
 

@@ -25,7 +25,7 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar, TypeVar
 
-from conveyor._ipc.lock import SegmentLock, closed_error, create_segment
+from conveyor._ipc.lock import SegmentLock, closed_error
 from conveyor._ipc.segment import Segment
 from conveyor._shared.fields import (
     RESERVED,
@@ -222,7 +222,7 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
             raise TypeError(f"{layout.cls_name}() got two values for field {field.name!r}")
         values[field.name] = value
     values.update(kwargs)
-    seg = create_segment(layout.size, "struct")
+    seg = Segment.create(layout.size, "struct", sweep=True)
     root = _Root(seg, layout.cls_name)
     try:
         d = self.__dict__

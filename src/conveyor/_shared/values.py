@@ -12,7 +12,7 @@ import numbers
 import struct
 from typing import Any, Generic, TypeVar
 
-from conveyor._ipc.lock import SegmentLock, closed_error, create_segment
+from conveyor._ipc.lock import SegmentLock, closed_error
 from conveyor._ipc.segment import Segment
 
 N = TypeVar("N", int, float)
@@ -82,7 +82,7 @@ class SharedValue(Generic[N]):
 
     def __init__(self, kind: str | type | Any = "q", value: N | None = None) -> None:
         code = _code_of(kind)
-        self._init(create_segment(8, "value"), code)
+        self._init(Segment.create(8, "value", sweep=True), code)
         self.value = value if value is not None else (0 if code == "q" else 0.0)  # type: ignore[assignment]
 
     def _init(self, seg: Segment, code: str) -> None:

@@ -26,7 +26,7 @@ import struct
 import time
 from multiprocessing.connection import Connection
 
-from conveyor._ipc.lock import SegmentLock, create_segment
+from conveyor._ipc.lock import SegmentLock
 from conveyor._ipc.segment import Segment
 from conveyor.errors import TeamBrokenError
 
@@ -57,7 +57,7 @@ class TeamState:
 
     @classmethod
     def create(cls, size: int, wake: list[Connection]) -> TeamState:
-        seg = create_segment(_STATES + 16 * size, "team")
+        seg = Segment.create(_STATES + 16 * size, "team", sweep=True)
         state = cls(seg, size, wake)
         state._set(_FAILED, -1)
         state._set(_FINISHED, -1)
