@@ -38,11 +38,11 @@ if TYPE_CHECKING:
     from conveyor._flow.work_queue import iter_work_queue as iter_work_queue
     from conveyor._flow.work_queue import work_queue as work_queue
     from conveyor._ipc.lock import SegmentLock as SegmentLock
-    from conveyor._pool.pool import AsyncResult as AsyncResult
-    from conveyor._pool.pool import MapResult as MapResult
+    from conveyor._pool.calls import TaskFuture as TaskFuture
     from conveyor._pool.pool import Pool as Pool
-    from conveyor._pool.pool import TaskFuture as TaskFuture
     from conveyor._pool.pool import map as map
+    from conveyor._pool.results import AsyncResult as AsyncResult
+    from conveyor._pool.results import MapResult as MapResult
     from conveyor._pool.stats import PoolStatistics as PoolStatistics
     from conveyor._pool.worker import worker_index as worker_index
     from conveyor._pool.worker import worker_state as worker_state
@@ -62,8 +62,8 @@ if TYPE_CHECKING:
     from conveyor.errors import ChannelEmpty as ChannelEmpty
     from conveyor.errors import ChannelFull as ChannelFull
     from conveyor.errors import ClosedChannelError as ClosedChannelError
-    from conveyor.errors import EndOfChannel as EndOfChannel
     from conveyor.errors import ConveyorError as ConveyorError
+    from conveyor.errors import EndOfChannel as EndOfChannel
     from conveyor.errors import PipelineError as PipelineError
     from conveyor.errors import PoolClosedError as PoolClosedError
     from conveyor.errors import RemoteError as RemoteError
@@ -89,11 +89,11 @@ _EXPORTS: dict[str, str] = {
     "Pipeline": "conveyor._flow.pipeline",
     "PipelineStatistics": "conveyor._flow.pipeline",
     "StageStatistics": "conveyor._flow.pipeline",
-    "AsyncResult": "conveyor._pool.pool",
-    "MapResult": "conveyor._pool.pool",
+    "AsyncResult": "conveyor._pool.results",
+    "MapResult": "conveyor._pool.results",
     "Pool": "conveyor._pool.pool",
     "PoolStatistics": "conveyor._pool.stats",
-    "TaskFuture": "conveyor._pool.pool",
+    "TaskFuture": "conveyor._pool.calls",
     "map": "conveyor._pool.pool",
     "SharedCounter": "conveyor._shared.values",
     "SharedValue": "conveyor._shared.values",

@@ -69,6 +69,8 @@ from typing import TYPE_CHECKING, Any
 from conveyor._ipc import frames as _frames
 from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
+from conveyor._pool.seam import Command, KillReason, TaskCall
+from conveyor._pool.seam import Record as Record  # re-exported: _flow.pipeline imports it here
 from conveyor.errors import (
     ConveyorError,
     PoolClosedError,
@@ -126,38 +128,6 @@ def _finish_at_exit() -> None:
         sup.join()
 
 
-class Record:
-    """One unit of dispatch: a single call, or a chunk of items of a map."""
-
-    __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
-                 "worker")
-
-    def __init__(self, call: Any, base: int, items: Any, mode: int, data: bytes) -> None:
-        self.rid = 0
-        self.call = call  # a _pool call object: start(), complete(), label_for()
-        self.base = base  # index of the first item within its call
-        self.items = items  # the unpickled items (or (args, kwargs)), to split or describe
-        self.mode = mode
-        self.data = data
-        self.attempts = 0  # failures charged to this record (its retries used)
-        self.elapsed_ns = 0  # run time in the worker, once it ran
-        self.worker = -1  # index of the worker slot that ran it
-
-    @property
-    def size(self) -> int:
-        return 1 if self.mode == _worker.CALL else len(self.items)
-
-    def item(self, k: int) -> Any:
-        return self.items if self.mode == _worker.CALL else self.items[k]
-
-    def split(self, start: int, stop: int) -> Record:
-        """A new record for items [start, stop) of this one (map chunks only)."""
-        part = self.items[start:stop]
-        rec = Record(self.call, self.base + start, part, self.mode, _serialize.dumps(part))
-        rec.attempts = self.attempts
-        return rec
-
-
 class _Worker:
     __slots__ = (
         "index",
@@ -184,7 +154,7 @@ class _Worker:
         self.known_fns: OrderedDict[int, None] = OrderedDict()
         self.ready = False
         self.retiring = False
-        self.kill_reason: tuple[str, Any] | None = None
+        self.kill_reason: tuple[KillReason, Any] | None = None
         # A take-back in progress: (when the range was written, the record the worker
         # was running then, the record ids asked back).
         self.taking_back: tuple[int, int, list[int]] | None = None
@@ -230,7 +200,13 @@ class Supervisor:
         self._woken = False
         self.needs_work = True
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._commands: deque[tuple[str, Any]] = deque()
+        self._commands: deque[tuple[Command, Any]] = deque()
+        self._handlers = {
+            Command.CLOSE: self._cmd_close,
+            Command.TERMINATE: self._cmd_terminate,
+            Command.CANCEL_PENDING: self._cmd_cancel_pending,
+            Command.CANCEL_RUNNING: self._cmd_cancel_running,
+        }
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
         self._fd_owner: dict[int, tuple[str, _Worker]] = {}
@@ -287,8 +263,8 @@ class Supervisor:
             except (BlockingIOError, OSError):
                 pass  # already full of wake-ups, or closed at shutdown
 
-    def command(self, name: str, arg: Any = None) -> None:
-        self._commands.append((name, arg))
+    def command(self, cmd: Command, arg: Any = None) -> None:
+        self._commands.append((cmd, arg))
         self._woken = False
         self.wake()
 
@@ -301,11 +277,11 @@ class Supervisor:
 
     def close(self) -> None:
         self.stop_intake("the pool is closed; no new work can be submitted")
-        self.command("close")
+        self.command(Command.CLOSE)
 
     def terminate(self) -> None:
         self.stop_intake("the pool was terminated; no new work can be submitted")
-        self.command("terminate")
+        self.command(Command.TERMINATE)
 
     def join(self, timeout: float | None = None) -> bool:
         if threading.current_thread() is self._thread:
@@ -383,7 +359,8 @@ class Supervisor:
         if self._workers[w.index] is w:
             self._workers[w.index] = None
 
-    def _kill(self, w: _Worker, reason: str, arg: Any = None, sig: int = signal.SIGKILL) -> None:
+    def _kill(self, w: _Worker, reason: KillReason, arg: Any = None,
+              sig: int = signal.SIGKILL) -> None:
         if w.kill_reason is None:
             w.kill_reason = (reason, arg)
         try:
@@ -423,8 +400,8 @@ class Supervisor:
             except BlockingIOError:
                 pass
             while self._commands:
-                name, arg = self._commands.popleft()
-                getattr(self, "_cmd_" + name)(arg)
+                cmd, arg = self._commands.popleft()
+                self._handlers[cmd](arg)
             if self._terminating:
                 return
             # Set before looking at the queue, so a submitter that reads False has
@@ -474,7 +451,7 @@ class Supervisor:
         self.pending.clear()
         _abort_calls(dropped, CancelledError("cancelled by shutdown(cancel_futures=True)"))
 
-    def _cmd_cancel_running(self, call: Any) -> None:
+    def _cmd_cancel_running(self, call: TaskCall) -> None:
         for w in self._workers:
             if w is None:
                 continue
@@ -647,7 +624,7 @@ class Supervisor:
         (head_len,) = _worker.HEAD_LEN.unpack_from(view, 0)
         offset = _worker.HEAD_LEN.size + head_len
         heads = pickle.loads(view[_worker.HEAD_LEN.size:offset])
-        calls: dict[Any, None] = {}
+        calls: dict[TaskCall, None] = {}
         revoked: list[Record] = []
         loads = pickle.loads
         for rid, status, size, elapsed in heads:
@@ -798,7 +775,7 @@ class Supervisor:
             return
         if reason == "timeout":
             exc: BaseException = TaskTimeoutError(
-                index, call.label(single.item(0)), call.timeout, w.pid)
+                index, call.label(single.item(0)), call.timeout or 0.0, w.pid)
         else:
             if single.attempts < call.retries:
                 single.attempts += 1  # only the running task uses an attempt
@@ -834,7 +811,7 @@ class Supervisor:
         self.broken = exc
         self._terminating = True
         self._abort_all(exc)
-        self.command("terminate")
+        self.command(Command.TERMINATE)
 
     def _shutdown_workers(self) -> None:
         alive = [w for w in self._workers if w is not None]
