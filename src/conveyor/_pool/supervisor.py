@@ -45,6 +45,12 @@ worker is still on the record it was running, none of the range can have been cl
 before the range was visible, so the records go back to the queue at once; otherwise
 the worker reports each record of the range it skipped (``REVOKED``) and the rest ran.
 
+The supervisor is one object on one thread, written in parts: this module (the loop,
+commands, worker lifetime, shutdown), ``dispatch`` (who runs what, take-back),
+``reading`` (result frames, retries on exception) and ``deaths`` (exits, timeouts,
+replacements); ``state`` declares the fields they share. The parts are mixins rather
+than separate objects so the per-result path pays no extra indirection.
+
 Work is never lost at interpreter exit: as ``concurrent.futures`` does, a hook run
 before Python joins its threads closes every pool of this process and waits for the
 work already submitted (``Pool.terminate()`` or ``shutdown(cancel_futures=True)`` is
@@ -53,47 +59,33 @@ the way to drop it); a submit after that point raises ``PoolClosedError``.
 
 from __future__ import annotations
 
-import math
 import os
-import pickle
 import select
 import signal
 import threading
 import time
 import warnings
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from concurrent.futures import CancelledError
 from typing import TYPE_CHECKING, Any
 
 from conveyor._ipc import frames as _frames
-from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
+from conveyor._pool.deaths import DeathHandler
+from conveyor._pool.dispatch import Dispatcher
+from conveyor._pool.reading import ResultReader
 from conveyor._pool.seam import Command, KillReason, TaskCall
 from conveyor._pool.seam import Record as Record  # re-exported: _flow.pipeline imports it here
+from conveyor._pool.state import FdKind, WorkerHandle
 from conveyor.errors import (
-    ConveyorError,
     PoolClosedError,
-    RemoteTraceback,
-    SerializationError,
-    TaskTimeoutError,
-    WorkerLostError,
-    WorkerStartError,
 )
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
 
-# How much queued work (in worker time) each worker is given beyond the task it runs.
-_TARGET_QUEUE_NS = 4_000_000
-_MAX_DEPTH = 512
-_MAX_PENDING_BYTES = 8 << 20
 _TERM_GRACE = 0.5
-_NO_ERRORS: dict[int, BaseException] = {}
-_NO_SKIP: frozenset[int] = frozenset()
-_TAKE_BACK_AFTER_NS = 1_000_000  # a record running this long may have its queue taken back
-_CONFIRM_NS = 1_000_000  # from writing a take-back range to reading the worker's claim
-_START_FAILURES = 3  # workers in a row that exit before they are ready: the pool is broken
 
 # The supervisors of this process, so that interpreter exit can finish their work (the
 # ``concurrent.futures`` rule). Weak: a pool that is gone needs nothing at exit.
@@ -128,43 +120,7 @@ def _finish_at_exit() -> None:
         sup.join()
 
 
-class _Worker:
-    __slots__ = (
-        "index",
-        "kill_reason",
-        "known_fns",
-        "outstanding",
-        "process",
-        "reader",
-        "ready",
-        "retiring",
-        "sentinel",
-        "taking_back",
-        "writer",
-    )
-
-    def __init__(self, index: int, process: Any, writer: _frames.FrameWriter,
-                 reader: _frames.FrameReader) -> None:
-        self.index = index
-        self.process = process
-        self.writer = writer
-        self.reader = reader
-        self.sentinel: int = process.sentinel
-        self.outstanding: OrderedDict[int, Record] = OrderedDict()
-        self.known_fns: OrderedDict[int, None] = OrderedDict()
-        self.ready = False
-        self.retiring = False
-        self.kill_reason: tuple[KillReason, Any] | None = None
-        # A take-back in progress: (when the range was written, the record the worker
-        # was running then, the record ids asked back).
-        self.taking_back: tuple[int, int, list[int]] | None = None
-
-    @property
-    def pid(self) -> int:
-        return int(self.process.pid)
-
-
-class Supervisor:
+class Supervisor(Dispatcher, ResultReader, DeathHandler):
     """Owns a pool's workers and its one thread. Used only through ``_pool.Pool``."""
 
     def __init__(
@@ -209,8 +165,8 @@ class Supervisor:
         }
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
-        self._fd_owner: dict[int, tuple[str, _Worker]] = {}
-        self._workers: list[_Worker | None] = [None] * workers
+        self._fd_owner: dict[int, tuple[FdKind, WorkerHandle]] = {}
+        self._workers: list[WorkerHandle | None] = [None] * workers
         # Running mean of a record's run time in a worker, per function: a new function
         # starts unknown (shallow queues) instead of inheriting another one's speed.
         self._avg_ns: dict[int, float] = {}
@@ -327,7 +283,7 @@ class Supervisor:
         finally:
             child_task.close()
             child_result.close()
-        w = _Worker(index, process, _frames.FrameWriter(task_w), _frames.FrameReader(result_r))
+        w = WorkerHandle(index, process, _frames.FrameWriter(task_w), _frames.FrameReader(result_r))
         self._workers[index] = w
         self._fd_owner[result_r] = ("result", w)
         self._fd_owner[w.sentinel] = ("sentinel", w)
@@ -344,7 +300,7 @@ class Supervisor:
         current = threading.current_thread()
         return current is threading.main_thread() or current.name == "conveyor-pool-supervisor"
 
-    def _forget_worker(self, w: _Worker) -> None:
+    def _forget_worker(self, w: WorkerHandle) -> None:
         for fd in (w.reader.fd, w.sentinel, w.writer.fd):
             self._fd_owner.pop(fd, None)
             try:
@@ -359,7 +315,7 @@ class Supervisor:
         if self._workers[w.index] is w:
             self._workers[w.index] = None
 
-    def _kill(self, w: _Worker, reason: KillReason, arg: Any = None,
+    def _kill(self, w: WorkerHandle, reason: KillReason, arg: Any = None,
               sig: int = signal.SIGKILL) -> None:
         if w.kill_reason is None:
             w.kill_reason = (reason, arg)
@@ -469,350 +425,6 @@ class Supervisor:
                 w.outstanding.clear()
         _abort_calls(dropped, exc)
 
-    # -------------------------------------------------------------------------- dispatch
-
-    def _depth(self) -> int:
-        """How many records a worker may hold, judged by the function at the queue's head."""
-        avg = self._avg_ns.get(self.pending[0].call.fn_id, 0.0) if self.pending else 0.0
-        if avg <= 0:
-            return 2
-        return max(2, min(_MAX_DEPTH, 1 + math.ceil(_TARGET_QUEUE_NS / avg)))
-
-    def _usable(self) -> list[_Worker]:
-        """Workers that may be given tasks: the ready ones; or, while none is ready yet
-        (a fresh pool), the starting ones, so the first task need not wait for a
-        round trip after start-up."""
-        alive = [w for w in self._workers if w is not None and not w.retiring
-                 and w.kill_reason is None]
-        ready = [w for w in alive if w.ready]
-        return ready or alive
-
-    def _has_room(self) -> bool:
-        # Only an idle worker is worth a wake-up: a worker with queued work will send
-        # results soon, and that wakes the supervisor, which then refills it. Waking
-        # for less would hand the GIL back and forth once per submit.
-        return any(not w.outstanding for w in self._usable())
-
-    def _dispatch(self) -> None:
-        pending = self.pending
-        if not pending:
-            return
-        depth = self._depth()
-        ready = self._usable()
-        ready.sort(key=lambda w: len(w.outstanding))
-        for i, w in enumerate(ready):
-            if not pending:
-                break
-            # An even share of what is queued, so one idle worker does not take it all.
-            share = -(-len(pending) // (len(ready) - i))
-            room = min(depth - len(w.outstanding), share)
-            if room <= 0 or w.writer.pending_bytes > _MAX_PENDING_BYTES:
-                continue
-            batch = []
-            datas: list[bytes] = []
-            size = 0
-            known = w.known_fns
-            while pending and room > 0 and size < _MAX_PENDING_BYTES:
-                rec = pending.popleft()
-                call = rec.call
-                if not call.start(rec):
-                    continue  # cancelled before it ran
-                self._next_rid += 1
-                rec.rid = self._next_rid
-                fn_id = call.fn_id
-                if fn_id in known:
-                    known.move_to_end(fn_id)
-                    fn_bytes = None
-                else:
-                    known[fn_id] = None
-                    if len(known) > _worker.FN_CACHE_SIZE:
-                        known.popitem(last=False)
-                    fn_bytes = call.fn_bytes
-                # The arguments travel beside the pickled list, not inside it: a large
-                # argument is then not copied once more into the list's pickle, nor
-                # out of it in the worker.
-                mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
-                batch.append((rec.rid, fn_id, fn_bytes, mode, len(rec.data)))
-                datas.append(rec.data)
-                w.outstanding[rec.rid] = rec
-                size += len(rec.data)
-                room -= 1
-            if batch:
-                head = pickle.dumps(batch, _serialize.PROTOCOL)
-                w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
-                self._flush(w)
-
-    def _flush(self, w: _Worker) -> None:
-        try:
-            done = w.writer.flush()
-        except OSError:
-            done = True  # the worker is gone; its sentinel tells us the rest
-        try:
-            if done:
-                self._poll.unregister(w.writer.fd)
-            else:
-                self._poll.register(w.writer.fd, select.POLLOUT)
-        except (KeyError, ValueError):
-            pass
-
-    # ------------------------------------------------------------------------- take-back
-
-    def _take_back(self) -> None:
-        """Ask a busy worker for its queued records when another worker has nothing to do
-        (see the module docstring), and confirm the asks made a poll round ago."""
-        now = time.monotonic_ns()
-        slots = self._slots
-        for w in self._workers:
-            if w is None or w.taking_back is None:
-                continue
-            asked_at, running, rids = w.taking_back
-            if now - asked_at < _CONFIRM_NS:
-                continue
-            w.taking_back = None
-            if slots[w.index * _worker.SLOT_SIZE + _worker.SLOT_RECORD] != running:
-                continue  # it moved on: it reports each record it skips as REVOKED
-            back = [rec for rec in (w.outstanding.pop(rid, None) for rid in rids)
-                    if rec is not None]
-            self.pending.extendleft(reversed(back))
-        if self.pending or not any(not w.outstanding for w in self._usable()):
-            if self.pending:
-                self._dispatch()
-            return
-        for w in self._workers:
-            if (w is None or len(w.outstanding) < 2 or w.taking_back is not None
-                    or w.kill_reason is not None):
-                continue
-            base = w.index * _worker.SLOT_SIZE
-            running = slots[base + _worker.SLOT_RECORD]
-            if running not in w.outstanding:
-                continue  # between records: it takes the next one in a moment
-            if now - slots[base + _worker.SLOT_STARTED_NS] < _TAKE_BACK_AFTER_NS:
-                continue
-            rids = [rid for rid in w.outstanding if rid > running]
-            if not rids:
-                continue
-            # The worker reads LO, then HI: write HI first. An earlier range's low end
-            # stays, since records of it may still be waiting in the pipe to be skipped.
-            slots[base + _worker.SLOT_REVOKE_HI] = rids[-1]
-            if not slots[base + _worker.SLOT_REVOKE_LO]:
-                slots[base + _worker.SLOT_REVOKE_LO] = rids[0]
-            w.taking_back = (now, running, rids)
-
-    # --------------------------------------------------------------------------- results
-
-    def _read_results(self, w: _Worker) -> None:
-        frames, _eof = w.reader.read()
-        for kind, payload in frames:
-            if kind == _worker.RESULTS:
-                self._handle_results(w, payload)
-            elif kind == _worker.READY:
-                w.ready = True
-                self._start_failures = 0
-                self.needs_work = True
-            elif kind == _worker.RETIRE:
-                w.retiring = True
-            elif kind == _worker.INIT_FAILED:
-                try:
-                    exc = _decode_exception(*pickle.loads(payload))
-                except BaseException as err:
-                    exc = WorkerStartError(f"the pool's initializer failed, and its error "
-                                           f"could not be unpickled: {err!r}")
-                self._init_failed(exc)
-
-    def _handle_results(self, w: _Worker, payload: bytearray) -> None:
-        view = memoryview(payload)
-        (head_len,) = _worker.HEAD_LEN.unpack_from(view, 0)
-        offset = _worker.HEAD_LEN.size + head_len
-        heads = pickle.loads(view[_worker.HEAD_LEN.size:offset])
-        calls: dict[TaskCall, None] = {}
-        revoked: list[Record] = []
-        loads = pickle.loads
-        for rid, status, size, elapsed in heads:
-            blob = view[offset:offset + size]
-            offset += size
-            rec = w.outstanding.pop(rid, None)
-            if rec is None:
-                continue  # taken back already, or failed at a death
-            if status == _worker.REVOKED:
-                revoked.append(rec)
-                continue
-            n = rec.size
-            rec.elapsed_ns = elapsed
-            rec.worker = w.index
-            fn_id = rec.call.fn_id
-            avg = self._avg_ns.get(fn_id)
-            self._avg_ns[fn_id] = elapsed if avg is None else avg + (elapsed - avg) * 0.2
-            self.tasks_done += n
-            call = rec.call
-            try:
-                value = loads(blob)
-            except BaseException as load_error:  # task data must never stop the supervisor
-                err = _unpickle_error(rec, bytes(blob), load_error, status)
-                call.complete(rec, [None] * n, dict.fromkeys(range(n), err), _NO_SKIP)
-                calls[call] = None
-                continue
-            if status == _worker.OK:  # the hot path: no allocations beyond the tuple
-                call.complete(rec, (value,) if rec.mode == _worker.CALL else value, _NO_ERRORS,
-                              _NO_SKIP)
-                if call.progress is not None or rec.mode != _worker.CALL:
-                    calls[call] = None
-                continue
-            errors: dict[int, BaseException]
-            if status == _worker.FAILED:
-                failure = _decode_exception(*value)
-                values = [None] * n
-                errors = dict.fromkeys(range(n), failure)
-            else:
-                values, raw = value
-                errors = {k: _decode_exception(*v) for k, v in raw.items()}
-            skip: set[int] = set()
-            if errors:
-                skip = self._retry_on_exception(rec, errors)
-                if skip and rec.mode == _worker.CALL:
-                    continue
-            call.complete(rec, values, errors, skip)
-            calls[call] = None
-        view.release()
-        if revoked:
-            self.pending.extendleft(reversed(revoked))
-        for call in calls:
-            call.flush()
-
-    def _retry_on_exception(self, rec: Record, errors: dict[int, BaseException]) -> set[int]:
-        """Queue again the failed items whose exception the call retries; return them.
-        Each retried item uses one of its own attempts, not its chunk's."""
-        retry_on = rec.call.retry_on
-        if not retry_on or rec.attempts >= rec.call.retries:
-            return set()
-        retried = set()
-        for k, exc in errors.items():
-            if isinstance(exc, retry_on):
-                again = rec if rec.mode == _worker.CALL else rec.split(k, k + 1)
-                again.attempts = rec.attempts + 1
-                self.pending.appendleft(again)
-                retried.add(k)
-        return retried
-
-    # ---------------------------------------------------------------------------- deaths
-
-    def _worker_exited(self, w: _Worker) -> None:
-        frames_left = True
-        while frames_left:  # results written just before the exit still count
-            before = len(w.outstanding)
-            self._read_results(w)
-            frames_left = len(w.outstanding) < before
-        w.process.join()
-        exitcode = w.process.exitcode
-        slot = w.index * _worker.SLOT_SIZE
-        running_rid = self._slots[slot + _worker.SLOT_RECORD]
-        item = self._slots[slot + _worker.SLOT_ITEM]
-        peak_kb = self._slots[slot + _worker.SLOT_PEAK_RSS_KB]
-        sending = self._slots[slot + _worker.SLOT_PHASE] == _worker.PHASE_SEND
-        for i in range(_worker.SLOT_SIZE):
-            self._slots[slot + i] = 0
-        self._slots[slot + _worker.SLOT_RECORD] = -1
-        # Only a worker that said it retires leaves on purpose while the loop runs (STOP
-        # is sent after it): any other exit, even with code 0, is a death.
-        graceful = w.retiring
-        requeue: list[Record] = []
-        failed: list[tuple[Record, BaseException]] = []
-        for rid, rec in w.outstanding.items():
-            if rid != running_rid or graceful:
-                requeue.append(rec)
-                continue
-            if sending and rec.size > 1:
-                # It died pickling a chunk's results: run its items again one record
-                # each, so the item whose result kills a worker is found and fails alone.
-                requeue.extend(rec.split(k, k + 1) for k in range(rec.size))
-                continue
-            if rec.mode != _worker.CALL:
-                if item > 0:
-                    requeue.append(rec.split(0, item))  # ran, but the results died with it
-                if item + 1 < rec.size:
-                    requeue.append(rec.split(item + 1, rec.size))
-            self._fail_running(w, rec, item, exitcode, peak_kb, sending, requeue, failed)
-        w.outstanding.clear()
-        w.taking_back = None
-        self.pending.extendleft(reversed(requeue))
-        was_ready = w.ready
-        self._forget_worker(w)
-        try:
-            self._replace(w, was_ready, graceful, exitcode)
-        finally:
-            # Reported after the replacement has started, so a caller that sees the
-            # failure also sees the pool as it now is (statistics, worker pids).
-            for single, exc in failed:
-                single.call.complete(single, [None], {0: exc}, set())
-                single.call.flush()
-
-    def _replace(self, w: _Worker, was_ready: bool, graceful: bool, exitcode: int | None
-                 ) -> None:
-        if self._terminating or (self._closing and not self.pending and not self._busy()):
-            return
-        if not was_ready and not graceful:
-            self._start_failures += 1
-            if self._start_failures >= _START_FAILURES:
-                where = ("while running the pool's initializer" if self._has_initializer
-                         else "while starting")
-                how = (f"was killed by {signal.Signals(-exitcode).name}"
-                       if exitcode is not None and exitcode < 0 else f"exited with code {exitcode}")
-                self._init_failed(WorkerStartError(
-                    f"{_START_FAILURES} workers in a row exited before they were ready "
-                    f"({where}); the last one {how}"))
-                return
-        self.workers_replaced += 1
-        self._start_worker(w.index)
-
-    def _fail_running(self, w: _Worker, rec: Record, item: int, exitcode: int | None,
-                      peak_kb: int, sending: bool, requeue: list[Record],
-                      failed: list[tuple[Record, BaseException]]) -> None:
-        call = rec.call
-        index = call.task_index(rec.base + (0 if rec.mode == _worker.CALL else item))
-        single = rec if rec.mode == _worker.CALL else rec.split(item, item + 1)
-        reason, _ = w.kill_reason or ("lost", None)
-        if reason == "cancelled":
-            failed.append((single, CancelledError("cancelled while running")))
-            return
-        if reason == "timeout":
-            exc: BaseException = TaskTimeoutError(
-                index, call.label(single.item(0)), call.timeout or 0.0, w.pid)
-        else:
-            if single.attempts < call.retries:
-                single.attempts += 1  # only the running task uses an attempt
-                requeue.append(single)
-                return
-            guess = None
-            if exitcode == -signal.SIGKILL and w.kill_reason is None:
-                guess = ("killed by SIGKILL from outside the pool; the kernel's out-of-memory "
-                         "killer is the usual sender")
-            exc = WorkerLostError(index, call.label(single.item(0)), w.pid, exitcode,
-                                  peak_kb * 1024 if peak_kb > 0 else None, guess,
-                                  "sending its result" if sending else None)
-        failed.append((single, exc))
-
-    def _check_timeouts(self) -> None:
-        now = time.monotonic_ns()
-        for w in self._workers:
-            if w is None or not w.outstanding or w.kill_reason is not None:
-                continue
-            slot = w.index * _worker.SLOT_SIZE
-            rec = w.outstanding.get(self._slots[slot + _worker.SLOT_RECORD])
-            if rec is None or not rec.call.timeout:
-                continue
-            started = self._slots[slot + _worker.SLOT_STARTED_NS]
-            if now - started > rec.call.timeout * 1e9:
-                self._kill(w, "timeout", rec.rid)
-
-    def _init_failed(self, exc: BaseException) -> None:
-        if not isinstance(exc, WorkerStartError):
-            err = WorkerStartError(f"the pool's initializer raised {type(exc).__name__}: {exc}")
-            err.__cause__ = exc
-            exc = err
-        self.broken = exc
-        self._terminating = True
-        self._abort_all(exc)
-        self.command(Command.TERMINATE)
-
     def _shutdown_workers(self) -> None:
         alive = [w for w in self._workers if w is not None]
         for w in alive:
@@ -839,27 +451,3 @@ def _abort_calls(records: list[Record], exc: BaseException) -> None:
     """Tell each call with a record among ``records`` (once per call) that it is over."""
     for call in {rec.call for rec in records}:
         call.abort(exc)
-
-
-def _decode_exception(data: bytes, tb: str) -> BaseException:
-    try:
-        exc: BaseException = pickle.loads(data)
-    except BaseException as err:  # even a SystemExit from __setstate__: data, not a command
-        exc = ConveyorError(f"an exception from the worker could not be unpickled: {err!r}")
-    exc.__cause__ = RemoteTraceback(tb)
-    return exc
-
-
-def _unpickle_error(rec: Record, blob: bytes, exc: BaseException, status: int
-                    ) -> SerializationError:
-    what = "result" if status == _worker.OK else "exception"
-    call = rec.call
-    index = call.task_index(rec.base)
-    label = call.label(rec.item(0)) if rec.size == 1 else f"{call.fn_name} (chunk)"
-    err = SerializationError(
-        f"the {what} of task {index} {label} could not be unpickled in the parent "
-        f"({_serialize.pickled_type_name(blob)}): {type(exc).__name__}: {exc}",
-        what=what, task_index=index)
-    err.__cause__ = exc if isinstance(exc, Exception) else None
-    return err
-
