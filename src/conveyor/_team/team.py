@@ -296,149 +296,173 @@ def _coordinate(
     procs: dict[int, Any],
     state: TeamState,
 ) -> tuple[dict[int, Any], _Failure | None]:
-    results: dict[int, Any] = {}
-    finished: set[int] = set()
-    pending: dict[int, tuple[str, Any]] = {}
-    failure: _Failure | None = None
-    broken: tuple[int | None, str] | None = None
-    broken_at = 0.0
+    return _Coordinator(n, conns, procs, state).run()
 
-    def break_team(rank: int | None, why: str) -> None:
-        nonlocal broken, broken_at
-        if broken is None:
-            broken, broken_at = (rank, why), time.monotonic()
-            state.break_team(rank, why)
-        for r in list(pending):
-            with contextlib.suppress(OSError):
-                conns[r].send(("broken", broken[0], broken[1]))
-        pending.clear()
 
-    def fail(rank: int, exc: BaseException, tb: str | None) -> None:
-        nonlocal failure
+class _Coordinator:
+    """The parent's side of a team's run: it answers the members' collectives (every
+    member's call arrives, then all get the replies), collects results, and turns the
+    first failure into a broken team that every waiting member hears about."""
+
+    def __init__(self, n: int, conns: dict[int, multiprocessing.connection.Connection],
+                 procs: dict[int, Any], state: TeamState) -> None:
+        self.n = n
+        self.conns = conns
+        self.procs = procs
+        self.state = state
+        self.results: dict[int, Any] = {}
+        self.finished: set[int] = set()
+        self.pending: dict[int, tuple[str, Any]] = {}  # rank -> (collective, payload)
+        self.failure: _Failure | None = None
+        self.broken: tuple[int | None, str] | None = None
+        self.broken_at = 0.0
+
+    def _send(self, rank: int, msg: tuple[Any, ...]) -> None:
+        with contextlib.suppress(OSError):  # a member that died is noticed by its sentinel
+            self.conns[rank].send(msg)
+
+    def break_team(self, rank: int | None, why: str) -> None:
+        if self.broken is None:
+            self.broken, self.broken_at = (rank, why), time.monotonic()
+            self.state.break_team(rank, why)
+        broken = self.broken
+        for r in list(self.pending):
+            self._send(r, ("broken", broken[0], broken[1]))
+        self.pending.clear()
+
+    def fail(self, rank: int, exc: BaseException, tb: str | None) -> None:
         if tb is not None:
             exc.__cause__ = RemoteTraceback(tb)
         secondary = isinstance(exc, TeamBrokenError) and exc.failed_rank != rank
-        if failure is None or (failure.secondary and not secondary):
-            failure = _Failure(rank, exc, secondary)
+        if self.failure is None or (self.failure.secondary and not secondary):
+            self.failure = _Failure(rank, exc, secondary)
         if not secondary:
             why = f"raised {type(exc).__name__}: {exc}"
             if isinstance(exc, TeamMemberLostError):
                 why = "died" + (f" ({exc.signal_name})" if exc.signal_name else f" (exit code {exc.exitcode})")
-            break_team(rank, why)
+            self.break_team(rank, why)
 
-    def handle(rank: int, msg: tuple[Any, ...]) -> None:
+    def handle(self, rank: int, msg: tuple[Any, ...]) -> None:
         kind = msg[0]
         if kind == "result":
-            results[rank] = pickle.loads(msg[1])
-            finished.add(rank)
-            state.set_finished(rank)
-            if pending:
-                break_team(rank, f"returned while rank(s) {sorted(pending)} wait in "
-                                 f"{next(iter(pending.values()))[0]}()")
+            self.results[rank] = pickle.loads(msg[1])
+            self.finished.add(rank)
+            self.state.set_finished(rank)
+            if self.pending:
+                self.break_team(rank, f"returned while rank(s) {sorted(self.pending)} wait in "
+                                      f"{next(iter(self.pending.values()))[0]}()")
             return
         if kind == "error":
-            finished.add(rank)
-            fail(rank, pickle.loads(msg[1]), msg[2])
+            self.finished.add(rank)
+            self.fail(rank, pickle.loads(msg[1]), msg[2])
             return
-        if broken is not None:
-            with contextlib.suppress(OSError):
-                conns[rank].send(("broken", broken[0], broken[1]))
+        if self.broken is not None:
+            self._send(rank, ("broken", self.broken[0], self.broken[1]))
             return
-        if finished:
-            with contextlib.suppress(OSError):
-                conns[rank].send(("broken", min(finished), f"returned; it cannot join {kind}()"))
+        if self.finished:
+            self._send(rank, ("broken", min(self.finished), f"returned; it cannot join {kind}()"))
             return
-        pending[rank] = (kind, msg[1])
-        if len(pending) == n:
-            complete()
+        self.pending[rank] = (kind, msg[1])
+        if len(self.pending) == self.n:
+            self.complete()
 
-    def complete() -> None:
+    def complete(self) -> None:
+        pending, n = self.pending, self.n
         kinds = {r: k for r, (k, _) in pending.items()}
         calls = {r: _describe(k, p) for r, (k, p) in pending.items()}
         if len(set(calls.values())) > 1:
             detail = ", ".join(f"rank {r} called {c}" for r, c in sorted(calls.items()))
-            break_team(None, f"called different collectives ({detail})")
+            self.break_team(None, f"called different collectives ({detail})")
             return
-        kind = kinds[0]
-        parts = [pending[r][1] for r in range(n)]
-        replies: list[Any]
-        if kind == "barrier":
-            replies = [None] * n
-        elif kind == "broadcast":
-            root = parts[0][0]
-            replies = [parts[root][1]] * n
-        elif kind == "gather":
-            replies = [parts] * n
-        else:
-            op = parts[0][0]
-            try:
-                total = _reduce(op, [p[1] for p in parts])
-            except Exception as exc:
-                break_team(None, f"sent values that allreduce(op={op!r}) cannot combine: "
-                                 f"{type(exc).__name__}: {exc}")
-                return
-            replies = [total] * n
+        replies = self._replies(kinds[0], [pending[r][1] for r in range(n)])
+        if replies is None:
+            return
         pending.clear()
         for r in range(n):
-            with contextlib.suppress(OSError):  # a member that died is noticed by its sentinel
-                conns[r].send(("ok", replies[r]))
+            self._send(r, ("ok", replies[r]))
 
-    # One selector for the whole run: building one per wake-up (as connection.wait does)
-    # costs more than the barrier round trip itself.
-    with selectors.DefaultSelector() as sel:
-        for r in range(n):
-            sel.register(conns[r].fileno(), selectors.EVENT_READ, ("conn", r))
-            sel.register(procs[r].sentinel, selectors.EVENT_READ, ("sentinel", r))
+    def _replies(self, kind: str, parts: list[Any]) -> list[Any] | None:
+        """What each member gets back from the collective ``kind`` (None: it broke)."""
+        n = self.n
+        if kind == "barrier":
+            return [None] * n
+        if kind == "broadcast":
+            root = parts[0][0]
+            return [parts[root][1]] * n
+        if kind == "gather":
+            return [parts] * n
+        op = parts[0][0]
+        try:
+            total = _reduce(op, [p[1] for p in parts])
+        except Exception as exc:
+            self.break_team(None, f"sent values that allreduce(op={op!r}) cannot combine: "
+                                  f"{type(exc).__name__}: {exc}")
+            return None
+        return [total] * n
 
-        def forget(rank: int) -> None:
-            for fd in (conns[rank].fileno(), procs[rank].sentinel):
+    def _wait_timeout(self) -> tuple[float | None, bool]:
+        """How long to wait for the next event; True: a mismatch broke the team just now."""
+        if self.broken is not None:
+            return max(0.0, self.broken_at + BROKEN_GRACE - time.monotonic()), False
+        if not self.pending:
+            return None, False
+        # Members blocked here while others wait in the shared-memory barrier would wait
+        # forever; look for that mismatch now and then.
+        in_barrier = [r for r in self.state.waiting_in_current_barrier() if r not in self.pending]
+        if in_barrier:
+            calls = {r: "barrier()" for r in in_barrier}
+            calls.update({r: _describe(k, p) for r, (k, p) in self.pending.items()})
+            detail = ", ".join(f"rank {r} called {c}" for r, c in sorted(calls.items()))
+            self.break_team(None, f"called different collectives ({detail})")
+            return MISMATCH_POLL, True
+        return MISMATCH_POLL, False
+
+    def _member_event(self, sel: selectors.BaseSelector, what: str, rank: int) -> None:
+        conn = self.conns[rank]
+        if what == "conn":
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                # It died; its sentinel says how. Stop watching the dead pipe.
                 with contextlib.suppress(KeyError, ValueError):
-                    sel.unregister(fd)
+                    sel.unregister(conn.fileno())
+                return
+            self.handle(rank, msg)
+            return
+        with contextlib.suppress(EOFError, OSError):
+            while rank not in self.finished and conn.poll():
+                self.handle(rank, conn.recv())  # its last words, sent before it exited
+        if rank not in self.finished:
+            proc = self.procs[rank]
+            proc.join()
+            self.finished.add(rank)
+            self.fail(rank, TeamMemberLostError(rank, proc.pid, proc.exitcode), None)
 
-        while len(finished) < n:
-            timeout = None
-            if broken is not None:
-                timeout = max(0.0, broken_at + BROKEN_GRACE - time.monotonic())
-            elif pending:
-                # Members blocked here while others wait in the shared-memory barrier would
-                # wait forever; look for that mismatch now and then.
-                timeout = MISMATCH_POLL
-                in_barrier = [r for r in state.waiting_in_current_barrier() if r not in pending]
-                if in_barrier:
-                    calls = {r: "barrier()" for r in in_barrier}
-                    calls.update({r: _describe(k, p) for r, (k, p) in pending.items()})
-                    detail = ", ".join(f"rank {r} called {c}" for r, c in sorted(calls.items()))
-                    break_team(None, f"called different collectives ({detail})")
+    def run(self) -> tuple[dict[int, Any], _Failure | None]:
+        conns, procs = self.conns, self.procs
+        # One selector for the whole run: building one per wake-up (as connection.wait
+        # does) costs more than the barrier round trip itself.
+        with selectors.DefaultSelector() as sel:
+            for r in range(self.n):
+                sel.register(conns[r].fileno(), selectors.EVENT_READ, ("conn", r))
+                sel.register(procs[r].sentinel, selectors.EVENT_READ, ("sentinel", r))
+            while len(self.finished) < self.n:
+                timeout, mismatch = self._wait_timeout()
+                if mismatch:
                     continue
-            events = sel.select(timeout)
-            if not events and broken is not None:
-                break  # members still computing after the grace period: the caller ends them
-            for key, _ in events:
-                what, rank = key.data
-                if rank in finished:
-                    continue
-                conn = conns[rank]
-                if what == "conn":
-                    try:
-                        msg = conn.recv()
-                    except (EOFError, OSError):
-                        # It died; its sentinel says how. Stop watching the dead pipe.
-                        with contextlib.suppress(KeyError, ValueError):
-                            sel.unregister(conn.fileno())
+                events = sel.select(timeout)
+                if not events and self.broken is not None:
+                    break  # members still computing after the grace period: the caller ends them
+                for key, _ in events:
+                    what, rank = key.data
+                    if rank in self.finished:
                         continue
-                    handle(rank, msg)
-                else:
-                    with contextlib.suppress(EOFError, OSError):
-                        while rank not in finished and conn.poll():
-                            handle(rank, conn.recv())  # its last words, sent before it exited
-                    if rank not in finished:
-                        proc = procs[rank]
-                        proc.join()
-                        finished.add(rank)
-                        fail(rank, TeamMemberLostError(rank, proc.pid, proc.exitcode), None)
-                if rank in finished:
-                    forget(rank)
-    return results, failure
+                    self._member_event(sel, what, rank)
+                    if rank in self.finished:
+                        for fd in (conns[rank].fileno(), procs[rank].sentinel):
+                            with contextlib.suppress(KeyError, ValueError):
+                                sel.unregister(fd)
+        return self.results, self.failure
 
 
 def _describe(kind: str, payload: Any) -> str:
