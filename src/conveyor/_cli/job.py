@@ -94,6 +94,21 @@ class _Reading(Exception):
     """Raised by the signal handler only while the loop is blocked reading input."""
 
 
+class _RunState:
+    """What one run of a job keeps between the steps of its loop."""
+
+    def __init__(self, salt: Any, run_id: int, window: int) -> None:
+        self.salt = salt
+        self.run_id = run_id
+        self.window = window  # items in flight at most (reading stops at twice that)
+        self.ready: deque[_Task] = deque()  # read, not yet submitted
+        self.inflight: dict[int, list[_Task]] = {}  # token -> the items of one call
+        self.tokens = iter(range(1, 1 << 62))
+        self.seq = 0
+        self.exhausted = False
+        self.halting = False
+
+
 class Job:
     def __init__(self, spec: JobSpec) -> None:
         self.spec = spec
@@ -197,90 +212,37 @@ class Job:
 
     def _run(self, journal: Journal) -> int:
         spec = self.spec
-        salt = journal.salt()
-        run_id = journal.start_run(spec.argv)
+        window = spec.jobs * spec.batch if self.shell else max(32, 8 * spec.jobs) * spec.batch
+        st = _RunState(journal.salt(), journal.start_run(spec.argv), window)
         stream: IO[str] = (open(spec.output, "w", encoding="utf-8")  # noqa: SIM115
                            if spec.output else sys.stdout)
         out = Output(stream, spec.keep_order)
-        window = spec.jobs * spec.batch if self.shell else max(32, 8 * spec.jobs) * spec.batch
         bar = self._bar(journal)
         old = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
         runner: MapRunner | ShellRunner | None = None
         started = time.monotonic()
         source = self._source(journal)
-        ready: deque[_Task] = deque()
-        inflight: dict[int, list[_Task]] = {}
-        tokens = iter(range(1, 1 << 62))
-        seq = 0
-        exhausted = False
-        halting = False
         try:
             runner = spec.make_runner()
-            while True:
-                if self.stop_signal is not None:
-                    break
-                # Read while there is room (bounded memory), then dispatch.
-                running = sum(len(g) for g in inflight.values())
-                while (not exhausted and not halting and len(ready) < max(window, spec.batch)
-                       and running + len(ready) < 2 * window and out.held < MAX_HELD):
-                    block = self._read_block(source)
-                    if block is None:
-                        break
-                    if not block:
-                        exhausted = True
-                        break
-                    seq = self._admit(journal, salt, run_id, block, seq, ready, out)
-                while ready and not halting and running < window:
-                    if len(ready) < spec.batch and not exhausted:
-                        break
-                    group = [ready.popleft() for _ in range(min(spec.batch, len(ready)))]
-                    token = next(tokens)
-                    inflight[token] = group
-                    for t in group:
-                        journal.mark_running(t.key, t.seq, t.content, run_id)
-                    runner.submit(token, [t.value for t in group], group[0].seq)
-                    running += len(group)
-                if not inflight and (halting or (exhausted and not ready)):
-                    break
-                if self.stop_signal is not None:
-                    break
-                try:
-                    token, outcomes = runner.done.get(timeout=TICK)
-                except queue.Empty:
-                    journal.tick()
-                    out.flush()
-                    continue
-                while True:
-                    group = inflight.pop(token, [])  # none: dropped by --halt now
-                    for task, outcome in zip(group, outcomes, strict=False):
-                        if self._finish(journal, task, outcome, ready, out, bar):
-                            halting = halting or self._halt_reached()
-                    try:
-                        token, outcomes = runner.done.get_nowait()
-                    except queue.Empty:
-                        break
-                if halting and spec.halt is not None and spec.halt[0] == "now" and inflight:
-                    runner.stop()
-                    inflight.clear()
-                journal.tick()
+            self._loop(journal, runner, source, st, out, bar)
         except _Reading:
             pass  # a signal while blocked reading input: stop_signal is set
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
             if runner is not None:
-                if self.stop_signal is not None or inflight:
+                if self.stop_signal is not None or st.inflight:
                     # An interrupt lets running calls finish for up to STOP_GRACE s, so
                     # what is nearly done is kept, and still exits within about 1 s.
                     runner.stop(STOP_GRACE if self.stop_signal is not None else 0.0)
                 runner.close()
-                self._drain(runner, journal, inflight, out, bar)
-            for t in ready:  # read but not started: pending, so status counts them
-                journal.mark_running(t.key, t.seq, t.content, run_id)
+                self._drain(runner, journal, st.inflight, out, bar)
+            for t in st.ready:  # read but not started: pending, so status counts them
+                journal.mark_running(t.key, t.seq, t.content, st.run_id)
             journal.reset_running()
             ending = ("interrupted" if self.stop_signal is not None
-                      else "halted" if halting else "done")
-            journal.end_run(run_id, ending, self.summary.ok, self.summary.failed)
+                      else "halted" if st.halting else "done")
+            journal.end_run(st.run_id, ending, self.summary.ok, self.summary.failed)
             journal.commit()
             out.flush_all()
             if stream is not sys.stdout:
@@ -289,6 +251,75 @@ class Job:
                 bar.close()
         wall = time.monotonic() - started
         print(self.summary.text(wall, self._retry_command()), file=sys.stderr, flush=True)
+        return self._exit_code(st.halting)
+
+    def _loop(self, journal: Journal, runner: MapRunner | ShellRunner, source: Iterator[Any],
+              st: _RunState, out: Output, bar: Any) -> None:
+        """Read, dispatch and collect until the input is done, a halt, or a signal."""
+        while self.stop_signal is None:
+            self._read_more(journal, source, st, out)
+            self._submit_ready(journal, runner, st)
+            if not st.inflight and (st.halting or (st.exhausted and not st.ready)):
+                break
+            if self.stop_signal is not None:
+                break
+            try:
+                token, outcomes = runner.done.get(timeout=TICK)
+            except queue.Empty:
+                journal.tick()
+                out.flush()
+                continue
+            self._collect(journal, runner, st, token, outcomes, out, bar)
+            journal.tick()
+
+    def _read_more(self, journal: Journal, source: Iterator[Any], st: _RunState,
+                   out: Output) -> None:
+        """Read input while there is room (bounded memory)."""
+        spec = self.spec
+        running = sum(len(g) for g in st.inflight.values())
+        while (not st.exhausted and not st.halting and len(st.ready) < max(st.window, spec.batch)
+               and running + len(st.ready) < 2 * st.window and out.held < MAX_HELD):
+            block = self._read_block(source)
+            if block is None:
+                break
+            if not block:
+                st.exhausted = True
+                break
+            st.seq = self._admit(journal, st.salt, st.run_id, block, st.seq, st.ready, out)
+
+    def _submit_ready(self, journal: Journal, runner: MapRunner | ShellRunner,
+                      st: _RunState) -> None:
+        spec, ready = self.spec, st.ready
+        running = sum(len(g) for g in st.inflight.values())
+        while ready and not st.halting and running < st.window:
+            if len(ready) < spec.batch and not st.exhausted:
+                break
+            group = [ready.popleft() for _ in range(min(spec.batch, len(ready)))]
+            token = next(st.tokens)
+            st.inflight[token] = group
+            for t in group:
+                journal.mark_running(t.key, t.seq, t.content, st.run_id)
+            runner.submit(token, [t.value for t in group], group[0].seq)
+            running += len(group)
+
+    def _collect(self, journal: Journal, runner: MapRunner | ShellRunner, st: _RunState,
+                 token: int, outcomes: list[ItemOutcome], out: Output, bar: Any) -> None:
+        """Record this finished call and every other one already reported."""
+        while True:
+            group = st.inflight.pop(token, [])  # none: dropped by --halt now
+            for task, outcome in zip(group, outcomes, strict=False):
+                if self._finish(journal, task, outcome, st.ready, out, bar):
+                    st.halting = st.halting or self._halt_reached()
+            try:
+                token, outcomes = runner.done.get_nowait()
+            except queue.Empty:
+                break
+        halt = self.spec.halt
+        if st.halting and halt is not None and halt[0] == "now" and st.inflight:
+            runner.stop()
+            st.inflight.clear()
+
+    def _exit_code(self, halting: bool) -> int:
         if self.stop_signal is not None:
             warn(f"interrupted by {signal.Signals(self.stop_signal).name}; the journal is "
                  "saved: add --resume to go on")
