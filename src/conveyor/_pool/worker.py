@@ -320,6 +320,7 @@ def _task_loop(
     first_unsent = 0
     done = 0
     page = os.sysconf("SC_PAGE_SIZE")
+    limited = maxtasks is not None or max_memory is not None
     poller = select.poll()
     poller.register(task_fd, select.POLLIN)
 
@@ -375,19 +376,25 @@ def _task_loop(
             done += 1
             if time.perf_counter_ns() - first_unsent > _FLUSH_NS:
                 flush()
-            retire = None
-            if maxtasks is not None and done >= maxtasks:
-                retire = f"reached maxtasksperchild={maxtasks}"
-            elif max_memory is not None:
-                with open("/proc/self/statm", "rb") as f:
-                    rss = int(f.read().split()[1]) * page
-                if rss > max_memory:
-                    retire = f"resident memory {rss} > max_worker_memory={max_memory}"
+            retire = _retire_reason(done, maxtasks, max_memory, page) if limited else None
             if retire:
                 if heads:
                     flush()
                 _frames.write_frame(result_fd, RETIRE, retire.encode())
                 return
+
+
+def _retire_reason(done: int, maxtasks: int | None, max_memory: int | None, page: int
+                   ) -> str | None:
+    """Why this worker should leave now (a lifespan limit reached), or None."""
+    if maxtasks is not None and done >= maxtasks:
+        return f"reached maxtasksperchild={maxtasks}"
+    if max_memory is not None:
+        with open("/proc/self/statm", "rb") as f:
+            rss = int(f.read().split()[1]) * page
+        if rss > max_memory:
+            return f"resident memory {rss} > max_worker_memory={max_memory}"
+    return None
 
 
 def _run(fn: Callable[..., Any], mode: int, data: memoryview, slots: Any, base: int
