@@ -1,24 +1,20 @@
 """conveyor: multiprocess work in Python that is correct, fast and pleasant.
 
-Layers, top to bottom (each imports only from the ones below it):
+Subsystems, top to bottom (each subpackage imports only from the ones below it;
+``tests/test_layering.py`` enforces this, and each subpackage's docstring says what it
+owns):
 
-    _cli                                   the ``conveyor`` command
-    _pipeline, _work_queue                 stages of workers; tasks that add tasks
-    _pool                                  Pool, map(): what users call
-    _team, _team_state                     team(): processes in lock-step
-    _channel                               Channel: the bounded many-to-many transport
-    _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
-    _supervisor                            the pool's one thread: dispatch, results, deaths
-    _worker                                runs in the child process
-    _serialize, _frames                    cloudpickle fallback, pipe framing
-    _struct, _struct_fields, _shared,      shared structs, values, arrays, dicts, lists
-      _shared_array, _shared_dict,
-      _shared_list, _shared_store
-    _shared_common                         owned segments, the segment lock, lazy numpy
-    _shm                                   segment names, ownership, stale sweep
-    errors                                 every public exception
+    _demo                     ``conveyor demo`` (loaded only by the command line)
+    _cli                      the ``conveyor`` command and its batch jobs
+    _flow                     pipelines and work queues, built on the pool
+    _pool                     Pool, map(): API, call objects, the supervisor, the worker
+    _team                     team(): processes in lock-step
+    _channel                  Channel, its shared-memory ring, peers, large items
+    _shared                   shared structs, values, arrays, dicts, lists
+    _ipc                      segments, locks, fork hooks, serialisation, pipe framing
+    errors                    every public exception
 
-Everything public is re-exported here; underscore modules are internals. The
+Everything public is re-exported here; underscore packages are internals. The
 re-exports load on first use (PEP 562), so ``import conveyor`` stays cheap, and a
 worker process started by spawn or forkserver imports only what it runs.
 """
