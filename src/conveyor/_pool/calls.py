@@ -32,6 +32,7 @@ from conveyor.errors import (
 
 if TYPE_CHECKING:
     from conveyor._pool.pool import Pool
+    from conveyor._pool.supervisor import Supervisor
 
 T = TypeVar("T")
 
@@ -74,13 +75,26 @@ class TaskFuture(futures.Future[Any]):
 
 
 
-class _Call:
-    """What every kind of call shares: the function, options, progress, callbacks."""
+class _CallBase:
+    """What every call object shares, the lone task (a ``Record`` itself) included: the
+    function and its options, how a task is named in errors, how it is cancelled while
+    it runs, and the pool's callback thread. No slots of its own, so ``_FutureCall``
+    keeps its compact layout."""
 
+    __slots__ = ()
+    pool: Pool
+    sup: Supervisor
+    fn_name: str
+    fn_id: int
+    fn_bytes: bytes
+    timeout: float | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
     mode: int
 
-    def __init__(self, pool: Pool, spec: _Spec, mode: int, total: int | None,
-                 progress: ProgressSpec) -> None:
+    # ``self: Any``: the slots are the subclasses' (mypy checks assignments against the
+    # empty ``__slots__`` of this class otherwise).
+    def _take(self: Any, pool: Pool, spec: _Spec) -> None:
         self.pool = pool
         self.sup = pool._sup
         self.fn_name = spec.fn_name
@@ -89,11 +103,6 @@ class _Call:
         self.timeout = spec.timeout
         self.retries = spec.retries
         self.retry_on = spec.retry_on
-        self.mode = mode
-        shown = pool._progress if progress is None else progress
-        self.progress = Progress(shown, total, self.fn_name) if shown else None
-        self._unreported = 0
-        self.cancelled = False
 
     def label(self, item: Any) -> str:
         if self.mode == _worker.CALL:
@@ -107,9 +116,6 @@ class _Call:
         text = f"{self.fn_name}({inner})"
         return text if len(text) <= 100 else text[:97] + "..."
 
-    def start(self, rec: Record) -> bool:
-        return not self.cancelled
-
     def task_index(self, position: int) -> int | None:
         """The task number shown in errors for the item at ``position``."""
         return position
@@ -119,6 +125,22 @@ class _Call:
 
     def _post(self, fn: Callable[..., Any], *args: Any) -> None:
         self.pool._callbacks.post(fn, *args)
+
+
+class _Call(_CallBase):
+    """What every kind of call over many items shares: progress, callbacks, records."""
+
+    def __init__(self, pool: Pool, spec: _Spec, mode: int, total: int | None,
+                 progress: ProgressSpec) -> None:
+        self._take(pool, spec)
+        self.mode = mode
+        shown = pool._progress if progress is None else progress
+        self.progress = Progress(shown, total, self.fn_name) if shown else None
+        self._unreported = 0
+        self.cancelled = False
+
+    def start(self, rec: Record) -> bool:
+        return not self.cancelled
 
     def flush(self) -> None:
         if self.progress is not None and self._unreported:
@@ -168,7 +190,7 @@ class _Call:
 _HINT = "arguments must be picklable (cloudpickle is tried for lambdas and closures)"
 
 
-class _FutureCall(Record):
+class _FutureCall(Record, _CallBase):
     """One task: ``submit``, ``apply``, ``apply_async``. The call is its own record.
 
     ``submit`` in a loop is a hot path, and what it allocates is what the cyclic garbage
@@ -180,10 +202,6 @@ class _FutureCall(Record):
                  "pool", "retries", "retry_on", "started", "sup", "timeout")
     progress = None  # single tasks report through their future, not a bar
 
-    label = _Call.label
-    task_index = _Call.task_index
-    cancel_running = _Call.cancel_running
-
     def __init__(self, pool: Pool, spec: _Spec, args: tuple[Any, ...], kwargs: dict[str, Any],
                  callback: Callable[[Any], object] | None = None,
                  error_callback: Callable[[BaseException], object] | None = None) -> None:
@@ -193,14 +211,7 @@ class _FutureCall(Record):
             what = "argument" if args else "keyword argument"
             raise _serialize.serialization_error(
                 what, args if args else kwargs, None, _HINT) from None
-        self.pool = pool
-        self.sup = pool._sup
-        self.fn_name = spec.fn_name
-        self.fn_id = spec.fn_id
-        self.fn_bytes = spec.fn_bytes
-        self.timeout = spec.timeout
-        self.retries = spec.retries
-        self.retry_on = spec.retry_on
+        self._take(pool, spec)
         self.future = future = TaskFuture()
         future._call = self  # until settled: cancel(force=True) needs its way back
         self.callback = callback
@@ -221,9 +232,6 @@ class _FutureCall(Record):
 
     def flush(self) -> None:
         pass
-
-    def _post(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.pool._callbacks.post(fn, *args)
 
     def start(self, rec: Record) -> bool:
         if not self.started:  # not on a retry, nor after a take-back
