@@ -59,6 +59,35 @@ def _default_workers() -> int:
         return os.cpu_count() or 1
 
 
+class TaskOptions:
+    """``task_timeout``, ``retries`` and ``retry_on``: a pool's defaults, or one call's,
+    checked here and nowhere else."""
+
+    __slots__ = ("retries", "retry_on", "timeout")
+
+    def __init__(self, timeout: float | None, retries: int,
+                 retry_on: tuple[type[BaseException], ...]) -> None:
+        self.timeout = timeout
+        self.retries = retries
+        self.retry_on = retry_on
+
+    @classmethod
+    def check(cls, task_timeout: Any, retries: Any, retry_on: Any) -> TaskOptions:
+        """A pool's defaults, every one of them checked."""
+        _check_timeout(task_timeout)
+        _check_retries(retries)
+        return cls(task_timeout, retries, _check_retry_on(retry_on))
+
+    def overridden(self, task_timeout: Any, retries: Any, retry_on: Any) -> TaskOptions:
+        """These options with a call's own (None: keep the default), each one checked."""
+        _check_timeout(task_timeout)
+        if retries is not None:
+            _check_retries(retries)
+        return TaskOptions(
+            self.timeout if task_timeout is None else task_timeout,
+            self.retries if retries is None else retries,
+            self.retry_on if retry_on is None else _check_retry_on(retry_on))
+
 
 class _Spec:
     """A function and its per-call options, resolved and validated once.
@@ -68,12 +97,12 @@ class _Spec:
 
     __slots__ = ("fn_bytes", "fn_id", "fn_name", "retries", "retry_on", "timeout")
 
-    def __init__(self, fn_name: str, fn_id: int, fn_bytes: bytes, timeout: float | None,
-                 retries: int, retry_on: tuple[type[BaseException], ...]) -> None:
+    def __init__(self, fn_name: str, fn_id: int, fn_bytes: bytes, options: TaskOptions) -> None:
         self.fn_name = fn_name
         self.fn_id = fn_id
         self.fn_bytes = fn_bytes
-        self.timeout = timeout
-        self.retries = retries
-        self.retry_on = retry_on
+        # Copied out of the options: the supervisor reads them per record.
+        self.timeout = options.timeout
+        self.retries = options.retries
+        self.retry_on = options.retry_on
 

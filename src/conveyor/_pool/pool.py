@@ -48,9 +48,7 @@ from conveyor._pool.calls import (
     _Call as _Call,  # re-exported: _flow.pipeline imports it from here
 )
 from conveyor._pool.options import (
-    _check_retries,
-    _check_retry_on,
-    _check_timeout,
+    TaskOptions,
     _default_workers,
     _Spec,
 )
@@ -133,9 +131,7 @@ class Pool(futures.Executor):
             raise ValueError(f"max_worker_memory must be a positive number of bytes, got {max_worker_memory!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
-        _check_timeout(task_timeout)
-        _check_retries(retries)
-        retry_types = _check_retry_on(retry_on)
+        self._options = TaskOptions.check(task_timeout, retries, retry_on)
         ctx = context or mp_context
         if ctx is None:
             ctx = multiprocessing.get_context(start_method)
@@ -144,9 +140,6 @@ class Pool(futures.Executor):
         self._workers = n
         self._main_by_value = ctx.get_start_method() != "fork"
         self._submitted = itertools.count()
-        self._task_timeout = task_timeout
-        self._retries = retries
-        self._retry_on = retry_types
         self._progress = progress
         self._lock = threading.Lock()
         # Functions seen lately, by id(), with a weak reference that proves the id still
@@ -207,8 +200,7 @@ class Pool(futures.Executor):
                     "function", fn, None, "define it at module level, or make what it "
                     "captures picklable") from None
             name = getattr(fn, "__qualname__", None) or type(fn).__name__
-            base = _Spec(name, next(self._fn_ids), data, self._task_timeout, self._retries,
-                         self._retry_on)
+            base = _Spec(name, next(self._fn_ids), data, self._options)
             try:
                 ref: Callable[[], Any] = weakref.ref(fn)
             except TypeError:
@@ -221,13 +213,8 @@ class Pool(futures.Executor):
             base = entry[1]
         if defaults:
             return base
-        _check_timeout(task_timeout)
-        timeout = base.timeout if task_timeout is None else task_timeout
-        if retries is not None:
-            _check_retries(retries)
-        tries = base.retries if retries is None else retries
-        types = base.retry_on if retry_on is None else _check_retry_on(retry_on)
-        spec = _Spec(base.fn_name, base.fn_id, base.fn_bytes, timeout, tries, types)
+        options = self._options.overridden(task_timeout, retries, retry_on)
+        spec = _Spec(base.fn_name, base.fn_id, base.fn_bytes, options)
         if spec.timeout:
             self._sup.timeouts_used = True
         return spec
