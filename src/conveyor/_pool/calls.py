@@ -23,7 +23,7 @@ from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
 from conveyor._pool.options import _check_chunksize, _Spec
 from conveyor._pool.progress import Progress, ProgressSpec
-from conveyor._pool.seam import Command, Record, callback_error
+from conveyor._pool.seam import Command, Record, Runner, callback_error
 from conveyor.errors import (
     PoolClosedError,
     SerializationError,
@@ -32,7 +32,6 @@ from conveyor.errors import (
 
 if TYPE_CHECKING:
     from conveyor._pool.pool import Pool
-    from conveyor._pool.supervisor import Supervisor
 
 T = TypeVar("T")
 
@@ -83,7 +82,7 @@ class _CallBase:
 
     __slots__ = ()
     pool: Pool
-    sup: Supervisor
+    sup: Runner  # the local supervisor today; any runner of the seam
     fn_name: str
     fn_id: int
     fn_bytes: bytes

@@ -17,6 +17,7 @@ index (a pipeline's chunk keeps its own numbers on its call object).
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -83,6 +84,7 @@ class Runner(Protocol):
     tasks_done: int
     timeouts_used: bool
     workers_replaced: int
+    stopped: threading.Event  # set once the runner's thread has ended (iterators stop waiting)
 
     def submit(self, records: list[Record]) -> None: ...
 
