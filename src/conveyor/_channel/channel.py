@@ -41,7 +41,8 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from conveyor._channel import oob as _oob
-from conveyor._channel.ring import CANCELLED, PROCESS, Ring, open_ring
+from conveyor._channel.layout import CANCELLED
+from conveyor._channel.ring import PROCESS, Ring, open_ring
 from conveyor._ipc.segment import align8
 from conveyor._ipc.serialize import PROTOCOL
 from conveyor.errors import (

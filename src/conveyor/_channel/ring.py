@@ -1,6 +1,7 @@
 """The shared-memory ring beneath :class:`conveyor.Channel`, and how processes wait on it.
 
-Layout: one :class:`~conveyor._shm.Segment` holds a 4 KiB header and a data area of
+Layout (constants in ``layout``; waiting and breaking in ``waiting``): one
+:class:`~conveyor._ipc.segment.Segment` holds a 4 KiB header and a data area of
 ``capacity`` bytes (a multiple of 8)::
 
     header  0  tail word   (items put, mod 2**32) << 32 | tail offset   written by senders
@@ -49,45 +50,40 @@ that ever got something is dead.
 from __future__ import annotations
 
 import os
-import platform
-import struct
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from fcntl import LOCK_EX, LOCK_UN, lockf
 from functools import partial
-from time import monotonic, sleep
+from time import monotonic
 
 from conveyor._channel import peers as peers
+from conveyor._channel.layout import (
+    _CLOSED,
+    _FIXED,
+    _HALF,
+    _HEAD,
+    _RECV_BYTE,
+    _RECV_ROWS,
+    _SEND_BYTE,
+    _SEND_ROWS,
+    _SPLIT_LOCKS,
+    _STATE,
+    _TAIL,
+    HEADER,
+    M32,
+    MAGIC,
+)
 from conveyor._channel.oob import sweep_blocks
+from conveyor._channel.waiting import RingWaiting
 from conveyor._ipc import forks
 from conveyor._ipc.segment import SHM_DIR, Segment, align8
 from conveyor.errors import ChannelBroken, EndOfChannel
 
-HEADER = 4096
-MAGIC = 0x434F4E5645590001
-M32 = 0xFFFFFFFF
-_HALF = 2**31
-# Word indexes. Tail, head and the rest sit on separate cache lines, so a sender's
-# store does not evict what receivers poll, and the other way round.
-_TAIL, _HEAD, _STATE, _CLOSED = 0, 8, 16, 17
-_FIXED = struct.Struct("QQQQ")  # magic, capacity, maxsize, senders at byte 192
-_BROKEN = struct.Struct("QQ")  # pid, message length at byte 224
-_MSG_AT, _MSG_MAX = 240, 256
-_SEND_ROWS, _RECV_ROWS = 512, 512 + peers.SIZE  # two peer tables, each 1.5 KiB
-
-CANCELLED, SENDER_DIED, RECEIVER_DIED = 1, 2, 3
-_REASONS = {CANCELLED: "cancelled", SENDER_DIED: "sender died", RECEIVER_DIED: "receiver died"}
-
-SPIN, YIELDS, MAX_SLEEP, PEER_CHECK = 10, 200, 1e-3, 0.2
-# On a weakly ordered CPU the unlocked tail/head reads need the barrier of a shared lock.
-_SPLIT_LOCKS = platform.machine() in ("x86_64", "AMD64", "i686", "i386")
-_SEND_BYTE, _RECV_BYTE = 0, (1 if _SPLIT_LOCKS else 0)
-
 Record = tuple[bytes, int]  # payload, flags
 
 
-class Ring:
+class Ring(RingWaiting):
     """A bounded ring of byte records in shared memory; see the module docstring.
 
     ``put``/``get`` move pre-serialised records; :class:`conveyor.Channel` does the
@@ -169,9 +165,6 @@ class Ring:
 
     def nbytes(self) -> int:
         return self._used(self._w[_TAIL], self._w[_HEAD])[1]
-
-    def closed_senders(self) -> int:
-        return int(self._w[_CLOSED])
 
     def record_size(self, n: int) -> int:
         return 8 + align8(n)
@@ -414,80 +407,6 @@ class Ring:
             self._recv_registered = True
         finally:
             self._unlock(self._recv_tlock, _RECV_BYTE)
-
-    # -- waiting and breaking ---------------------------------------------------------
-
-    def _poll(
-        self, ready: Callable[[], bool], deadline: float | None, check_peers: Callable[[], None]
-    ) -> bool:
-        """Wait until ``ready()``; False if ``deadline`` passed first. See module docstring."""
-        w = self._w
-        spins = 0
-        delay = 1e-5
-        next_check = monotonic() + PEER_CHECK
-        while True:
-            if w[_STATE]:
-                raise self.broken_error()
-            if ready():
-                return True
-            spins += 1
-            if spins < SPIN:
-                continue
-            if spins < SPIN + YIELDS:
-                os.sched_yield()
-            else:
-                sleep(delay)
-                delay = min(delay * 2, MAX_SLEEP)
-            now = monotonic()
-            if deadline is not None and now >= deadline:
-                return False
-            if now >= next_check:
-                check_peers()
-                next_check = now + PEER_CHECK
-
-    def _check_senders(self) -> None:
-        if not self.senders:
-            return  # an open-ended channel: senders may come and go (a pool's workers)
-        pid = self._senders.dead_with_open_handles()
-        # It may have published its last items just before dying: deliver those first.
-        if pid is not None and not (self._w[_TAIL] ^ self._w[_HEAD]) >> 32:
-            self.break_(
-                SENDER_DIED,
-                pid,
-                f"sender process {pid} died without closing the channel; "
-                f"{self.closed_senders()} of {self.senders} senders had closed",
-            )
-            raise self.broken_error()
-
-    def _check_receivers(self) -> None:
-        pids = self._receivers.all_dead()
-        if pids:
-            self.break_(
-                RECEIVER_DIED,
-                pids[-1],
-                f"every receiver of the channel has exited (pids {', '.join(map(str, pids))}) "
-                "while it was full",
-            )
-            raise self.broken_error()
-
-    def break_(self, code: int, pid: int, message: str) -> None:
-        """Break the channel for every process; the first reason given wins."""
-        if self._w[_STATE]:
-            return
-        raw = message.encode()[:_MSG_MAX]
-        self.seg.buf[_MSG_AT : _MSG_AT + len(raw)] = raw
-        _BROKEN.pack_into(self.seg.buf, 224, pid, len(raw))
-        self._w[_STATE] = code  # last: whoever sees the state sees the message
-
-    def broken_error(self) -> ChannelBroken:
-        code = int(self._w[_STATE])
-        pid, n = _BROKEN.unpack_from(self.seg.buf, 224)
-        message = bytes(self.seg.buf[_MSG_AT : _MSG_AT + n]).decode(errors="replace")
-        return ChannelBroken(message, _REASONS.get(code, "cancelled"), pid or None)
-
-    @property
-    def broken(self) -> bool:
-        return bool(self._w[_STATE])
 
     # -- lifetime -------------------------------------------------------------------------
 
