@@ -34,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent import futures
 from concurrent.futures import CancelledError
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
@@ -67,6 +67,8 @@ if TYPE_CHECKING:
     from conveyor._pool.stats import PoolStatistics
 
 T = TypeVar("T")
+# The message "the pool is {state}" uses these words as they are.
+PoolState = Literal["running", "closed", "terminated"]
 R = TypeVar("R")
 
 _FN_CACHE = 64
@@ -147,7 +149,7 @@ class Pool(futures.Executor):
         # alive. Callables that take no weak reference (builtins) are kept.
         self._fns: OrderedDict[int, tuple[Callable[[], Any], _Spec]] = OrderedDict()
         self._fn_ids = itertools.count(1)
-        self._state = "running"
+        self._state: PoolState = "running"
         self._pid = os.getpid()
         self._iterators: weakref.WeakSet[_IterCall] = weakref.WeakSet()
         init: tuple[bytes, Any, bool] | None = None
