@@ -2,6 +2,7 @@
 
     python benchmarks/bench_pool.py            # full run, 5 to 8 minutes on 2 busy cores
     python benchmarks/bench_pool.py --quick    # smoke test: small N, one repetition
+    python benchmarks/bench_pool.py --scenarios 6   # one scenario (here: latency)
 
 Contenders (2 workers each, fork unless said): conveyor.Pool, multiprocessing.Pool,
 concurrent.futures.ProcessPoolExecutor, mpire.WorkerPool, joblib.Parallel (loky backend),
@@ -57,6 +58,11 @@ def busy(k: int) -> int:
     for i in range(k):
         acc += i * i
     return acc
+
+
+def nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
 
 
 def busy_pid(k: int) -> int:
@@ -197,6 +203,23 @@ class Contender:
         gen = Parallel(n_jobs=WORKERS, backend="loky", return_as="generator")
         return iter(gen(delayed(fn)(x) for x in endless))
 
+    def future(self, fn: Callable[[float], float], x: float) -> Any:
+        """One task as a concurrent.futures.Future (for an asyncio service)."""
+        if self.lib in ("conveyor", "cf"):
+            return self.pool.submit(fn, x)
+        if self.lib == "pebble":
+            return self.pool.schedule(fn, args=(x,))
+        if self.lib == "joblib":
+            from joblib.externals.loky import get_reusable_executor
+
+            return get_reusable_executor(max_workers=WORKERS).submit(fn, x)
+        from concurrent.futures import Future
+
+        fut: Future[float] = Future()
+        self.pool.apply_async(fn, (x,), callback=fut.set_result,
+                              error_callback=fut.set_exception)
+        return fut
+
     def parallel_map(self, fn: Callable[[int], int], items: list[int]) -> list[int]:
         """Scenario 4: each library's map with its default chunking."""
         if self.lib == "cf":
@@ -316,6 +339,36 @@ def one(scenario: str, lib: str, p: dict[str, Any]) -> dict[str, Any]:
         split = sorted((out.count(pid) for pid in set(out)), reverse=True)
         return {"serial": serial, "parallel": parallel,
                 "efficiency": serial / (WORKERS * parallel), "split": split}
+    if scenario == "mapmem":
+        items = [os.urandom(512).hex() for _ in range(p["n"])]  # 1 KB strings
+        before = rss_kib("VmRSS")
+        t0 = time.perf_counter()
+        out = c.map(len, items)  # type: ignore[arg-type]
+        dt = time.perf_counter() - t0
+        assert out == [1024] * p["n"]
+        return {"rate": p["n"] / dt, "growth": rss_kib("VmHWM") - before}
+    if scenario == "latency":
+        import asyncio
+
+        async def service() -> list[float]:
+            # A long job starts; then short requests arrive in bursts of `burst`, one
+            # burst every `gap` seconds, as an asyncio service would send them.
+            long = asyncio.wrap_future(c.future(nap, p["long"]))
+            await asyncio.sleep(0.2)
+
+            async def request(delay: float) -> float:
+                await asyncio.sleep(delay)
+                t0 = time.perf_counter()
+                await asyncio.wrap_future(c.future(nap, p["short"]))
+                return time.perf_counter() - t0
+
+            lat = await asyncio.gather(*(request((i // p["burst"]) * p["gap"])
+                                         for i in range(p["n"])))
+            await long
+            return list(lat)
+
+        lat = asyncio.run(service())
+        return {"median_ms": statistics.median(lat) * 1000, "worst_ms": max(lat) * 1000}
     raise ValueError(scenario)
 
 
@@ -453,7 +506,62 @@ def scenario_tables(args: argparse.Namespace) -> list[str]:
                      f"its default.\n\n"
                      + table(["library", "start method", "seconds (median)", "conveyor ÷ this",
                               "target"], rows))
+    if "7" in wanted:
+        n = 40_000 if quick else 400_000
+        got = runner.measure("mapmem", {"n": n}, 1 if quick else 2)
+        rows = []
+        growth = {lib: min(_values(runs, "growth")) for lib, runs in got.items()
+                  if _values(runs, "growth")}
+        for lib, runs in got.items():
+            if lib not in growth:
+                rows.append([LABELS[lib], _error(runs), "-", ""])
+                continue
+            target = ""
+            if lib == "conveyor" and "mp" in growth:
+                target = (f"≤ multiprocessing.Pool's: "
+                          f"{_verdict(growth['conveyor'] <= growth['mp'])}")
+            rows.append([LABELS[lib], f"{growth[lib] / 1024:+.0f}",
+                         _fmt_rate(max(_values(runs, "rate"))), target])
+        parts.append(f"### 7. Parent memory of a `map` over {n:,} strings of 1 KB\n\n"
+                     f"The input list is built first; the figure is the parent's peak RSS "
+                     f"(VmHWM) at the end minus its RSS just before the call, in MiB (best "
+                     f"of the repetitions): what the pool adds on top of the input.\n\n"
+                     + table(["library", "peak growth (MiB)", "tasks/s", "target"], rows))
+
+    if "6" in wanted:
+        params = {"long": 2.0, "short": 0.05, "n": 12, "burst": 3, "gap": 0.3}
+        got = runner.measure("latency", params, 1 if quick else reps)
+        parts.append(latency_table(got, params, 1 if quick else reps))
     return parts
+
+
+def latency_table(got: dict[str, list[dict[str, Any] | str]], p: dict[str, Any],
+                  reps: int) -> str:
+    rows = []
+    ideal = p["short"] * 1000
+    for lib, runs in got.items():
+        ok = [r for r in runs if isinstance(r, dict)]
+        if not ok:
+            rows.append([LABELS[lib], _error(runs), "-", ""])
+            continue
+        best = min(ok, key=lambda d: d["worst_ms"])
+        worst = max(r["worst_ms"] for r in ok)
+        target = ""
+        if lib == "conveyor":
+            bound = p["short"] * p["burst"] * 1000 * 2
+            target = (f"no request waits behind the long job (worst < {bound:.0f} ms, twice "
+                      f"a burst's serial time): {_verdict(worst < bound)}")
+        rows.append([LABELS[lib], f"{statistics.median(r['median_ms'] for r in ok):.0f}",
+                     f"{best['worst_ms']:.0f} / {worst:.0f}", target])
+    return (f"### 6. Latency: short requests served while a long job runs\n\n"
+            f"An asyncio service (futures awaited through `asyncio.wrap_future`) starts one "
+            f"{p['long']:.0f} s job, then sends {p['n']} requests of {ideal:.0f} ms in bursts of "
+            f"{p['burst']}, one burst every {p['gap'] * 1000:.0f} ms, on a pool of {WORKERS}: one "
+            f"worker is free all along, so a burst is served in about "
+            f"{ideal * p['burst']:.0f} ms; a request queued behind the long job waits up to "
+            f"{p['long'] * 1000:.0f} ms. {reps} repetition(s).\n\n"
+            + table(["library", "request latency ms (median)",
+                     "worst request ms (best rep / worst rep)", "target"], rows))
 
 
 def imap_table(got: dict[str, list[dict[str, Any] | str]], n: int) -> str:
@@ -540,7 +648,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small N, one repetition")
     ap.add_argument("--reps", type=int, default=3, help="repetitions (default 3)")
-    ap.add_argument("--scenarios", default="1,2,3,4,5", help="e.g. 1,3")
+    ap.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="e.g. 1,3")
     ap.add_argument("--one", nargs=3, metavar=("SCENARIO", "LIB", "PARAMS"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -216,3 +216,42 @@ def work_sync(x: int) -> bool:
         value.value += 1
     queue.put(x)
     return bool(event.is_set())
+
+
+def exit_once(path: str) -> str:
+    """Kill the worker the first time it runs for ``path`` (a marker file), then succeed."""
+    if not os.path.exists(path):
+        with open(path, "w"):
+            pass
+        os._exit(7)
+    return "second try"
+
+
+def parent_pid(_: Any = None) -> int:
+    return os.getppid()
+
+
+def touch_and_square(args: tuple[str, int]) -> int:
+    """Leave one file per run of an item (``<dir>/<item>.<pid>``), so runs can be counted."""
+    folder, x = args
+    with open(os.path.join(folder, f"{x}.{os.getpid()}.{time.monotonic_ns()}"), "w"):
+        pass
+    return x * x
+
+
+def expand(task: int, add: Any) -> int:
+    """A work-queue handler: task n adds 2n+1 and 2n+2 while they are below 31."""
+    for child in (2 * task + 1, 2 * task + 2):
+        if child < 31:
+            add(child)
+    return task
+
+
+def child_exitcode(_: Any = None) -> int | None:
+    """Start a process of its own from a task (refused inside a daemonic process)."""
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=os._exit, args=(4,))
+    proc.start()
+    proc.join()
+    return proc.exitcode

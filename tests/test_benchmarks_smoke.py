@@ -44,13 +44,14 @@ def test_bench_pool_quick(tmp_path: Path) -> None:
     stdout = run_quick("bench_pool.py", tmp_path, timeout=300)
     written = (tmp_path / "pool.md").read_text()
     assert written.strip() == stdout.strip()
-    for n in range(1, 6):
+    for n in range(1, 8):
         assert f"### {n}." in written
     conveyor_rows = [row for row in table_rows(written) if row[0] == "conveyor.Pool"]
-    assert len(conveyor_rows) == 7  # scenarios 1-4, 4b, and 5 for fork and spawn
+    assert len(conveyor_rows) == 9  # scenarios 1-4, 4b, 5 for fork and spawn, 6, 7
     for row in conveyor_rows:
         assert not any(cell.startswith("failed") for cell in row), row
-        assert any(cell.startswith(("≥", "flat", "no slower")) for cell in row), row
+        assert any(cell.startswith(("≥", "≤", "flat", "no slower", "no request"))
+                   for cell in row), row
 
 
 def test_reliability_quick(tmp_path: Path) -> None:

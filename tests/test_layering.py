@@ -24,10 +24,20 @@ ALLOWED: dict[str, set[str]] = {
     "_shared": {"_ipc", "errors"},
     "_team": {"_ipc", "errors"},
     "_pool": {"_ipc", "errors"},
-    "_flow": {"_pool", "_ipc", "errors"},
+    "_dask": {"_pool", "_ipc", "errors"},
+    "_flow": {"_dask", "_pool", "_ipc", "errors"},
     "_cli": {"_flow", "_pool", "_ipc", "_demo", "errors", "conveyor"},
     "_demo": {"_flow", "_pool", "_channel", "_shared", "_team", "_ipc", "errors", "conveyor"},
-    "conveyor": {"_flow", "_pool", "_channel", "_shared", "_team", "_ipc", "errors"},
+    "conveyor": {"_flow", "_dask", "_pool", "_channel", "_shared", "_team", "_ipc", "errors"},
+}
+
+# The only imports against the table: (importing module, imported module). ``_dask``
+# runs a local pool on each Dask worker, so it sits above ``_pool``; yet ``Pool`` must
+# find a ``use_cluster()`` default and make a cluster's runner. Each of these is made
+# inside a function, only when a cluster is (or may be) asked for: never at import time.
+UPWARD_HOOKS: set[tuple[str, str]] = {
+    ("conveyor._pool.pool", "conveyor._dask._context"),
+    ("conveyor._pool.pool", "conveyor._dask._backend"),
 }
 
 
@@ -45,10 +55,18 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def _imports(path: Path) -> list[tuple[int, str]]:
-    """(line, module) for every conveyor module that ``path`` imports."""
+def _imports(path: Path, top_level_only: bool = False) -> list[tuple[int, str]]:
+    """(line, module) for every conveyor module that ``path`` imports (``top_level_only``:
+    only those made outside any function, so at import time or under TYPE_CHECKING)."""
     found: list[tuple[int, str]] = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    nodes = list(ast.walk(tree))
+    if top_level_only:
+        in_functions = {id(n) for f in nodes
+                        if isinstance(f, ast.FunctionDef | ast.AsyncFunctionDef)
+                        for n in ast.walk(f)}
+        nodes = [n for n in nodes if id(n) not in in_functions]
+    for node in nodes:
         if isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("conveyor")]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -79,9 +97,20 @@ def test_every_subsystem_is_in_the_table() -> None:
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: str(p.relative_to(SRC)))
 def test_imports_follow_the_layers(path: Path) -> None:
     here = _subsystem(_module_name(path))
+    name = _module_name(path)
     wrong = [f"line {line}: {module}" for line, module in _imports(path)
-             if _subsystem(module) != here and _subsystem(module) not in ALLOWED[here]]
+             if _subsystem(module) != here and _subsystem(module) not in ALLOWED[here]
+             and (name, module) not in UPWARD_HOOKS]
     assert not wrong, f"{here} may import only {sorted(ALLOWED[here])}: " + "; ".join(wrong)
+
+
+def test_upward_hooks_are_made_only_inside_functions() -> None:
+    """An upward hook is a lazy import: importing the pool never imports ``_dask``."""
+    for importer, imported in UPWARD_HOOKS:
+        path = SRC.parent / (importer.replace(".", "/") + ".py")
+        assert imported in {m for _, m in _imports(path)}, f"stale hook {importer} -> {imported}"
+        eager = [line for line, m in _imports(path, top_level_only=True) if m == imported]
+        assert not eager, f"{importer} imports {imported} outside a function (line {eager})"
 
 
 def test_nothing_imports_the_demo_but_the_command_line() -> None:

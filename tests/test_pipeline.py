@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
+import select
 import signal
 import subprocess
 import sys
@@ -140,8 +142,29 @@ def test_back_pressure_bounds_what_is_read_from_the_source() -> None:
     for taken, _ in enumerate(pipe, 1):
         if taken == 500:
             break
-    # Bounded by the buffers and in-flight windows, nowhere near 10 million.
-    assert next(read) < 500 + 20_000
+    # Bounded by the buffers and in-flight windows (at most 2 chunks of at most 8192
+    # items per worker), nowhere near 10 million.
+    assert next(read) < 500 + 64 * 4 + 2 * (2 + 2 + 1) * 8192
+
+
+def test_large_items_travel_in_small_chunks() -> None:
+    """Cheap work on large items: chunks are sized by bytes too, so what is read ahead
+    stays a few megabytes instead of thousands of 100 KB items."""
+    read = itertools.count()
+
+    def source():  # type: ignore[no-untyped-def]
+        for _ in range(100_000):
+            if next(read) > 400:
+                raise RuntimeError("the pipeline read too far ahead")
+            yield bytes(100_000)  # a new object each time, as a file's blocks would be
+
+    pipe = (cv.Pipeline(source(), maxsize=8)
+            .map(len, workers=2, maxsize=8)
+            .map(lambda n: time.sleep(0.002) or n, kind="thread", maxsize=8))  # slow
+    for taken, size in enumerate(pipe, 1):
+        assert size == 100_000
+        if taken == 100:
+            break
 
 
 def test_breaking_out_stops_every_worker() -> None:
@@ -186,9 +209,112 @@ def test_ctrl_c_stops_the_pipeline() -> None:
     assert facts["interrupted"] and facts["at"] - sent < 2.0
     assert err.count("Traceback (most recent call last)") == 1
     time.sleep(1.0)
-    leftover = subprocess.run(["pgrep", "-f", f"{SCENARIO.name} ctrl_c"], capture_output=True,
+    # This checkout's scenario only (the full path): other runs may share the machine.
+    leftover = subprocess.run(["pgrep", "-f", f"{SCENARIO} ctrl_c$"], capture_output=True,
                               text=True).stdout.split()
     assert leftover == []
+
+
+def test_the_ctrl_c_handler_is_put_back_after_runs() -> None:
+    """A run holds Ctrl-C back while its own code runs; afterwards, and after nested
+    runs (a pipeline as another's source) or an iterator closed early, the handlers are
+    the ones from before."""
+    before = (signal.getsignal(signal.SIGINT), sys.unraisablehook)
+    inner = cv.Pipeline(range(50)).map(double, workers=1)
+    outer = cv.Pipeline(iter(inner)).map(square, workers=1)
+    assert outer.run() == [(2 * x) ** 2 for x in range(50)]
+    it = cv.Pipeline(range(10)).map(double).iter()
+    next(it)
+    assert signal.getsignal(signal.SIGINT) is not before[0]  # held back while it runs
+    it.close()  # type: ignore[attr-defined]
+    assert (signal.getsignal(signal.SIGINT), sys.unraisablehook) == before
+
+
+class _Lines:
+    """Lines from a child's stdout, each awaited with a deadline (a hang fails the test)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.fd = proc.stdout.fileno()
+        self.buf = b""
+
+    def next(self, timeout: float) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise AssertionError(f"no line from the scenario within {timeout} s")
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                raise AssertionError("the scenario exited early")
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return json.loads(line)  # type: ignore[no-any-return]
+
+
+def _without_bars(text: str) -> str:
+    """stderr without the progress bars' redraws (tqdm writes item counts and rates)."""
+    lines = text.replace("\r", "\n").splitlines()
+    return "\n".join(x for x in lines if x.strip() and "item/s" not in x and "item [" not in x)
+
+
+STORM_TRIALS = int(os.environ.get("CONVEYOR_STORM_TRIALS", "60"))
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("mode", ["single", "burst", "finish", "queue"])
+def test_every_ctrl_c_stops_the_pipeline_cleanly(mode: str, tmp_path: Path) -> None:
+    """Ctrl-C at random moments (start-up, full flow, stopping, the end), one pipeline per
+    trial: each must end with KeyboardInterrupt (or, for a short source, its complete
+    result), leave no process, thread, segment or descriptor, and print no traceback or
+    "Exception ignored" message."""
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    err_path = tmp_path / "stderr"
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(SCENARIO), "ctrl_c_storm", str(STORM_TRIALS), mode],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, start_new_session=True)
+    lines = _Lines(proc)
+    try:
+        for trial in range(STORM_TRIALS):
+            assert lines.next(30) == {"trial": trial, "running": True}
+            time.sleep(rng.uniform(0.0, 0.25))
+            signals = rng.randint(2, 5) if mode == "burst" else 1
+            for _ in range(signals):
+                if mode in ("single", "queue") and trial % 3 == 0:
+                    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: workers too
+                else:
+                    os.kill(proc.pid, signal.SIGINT)
+                time.sleep(rng.uniform(0.0, 0.03))
+            try:
+                report = lines.next(30)
+            except AssertionError as exc:
+                os.kill(proc.pid, signal.SIGUSR1)  # the scenario dumps every thread's stack
+                time.sleep(1.0)
+                tail = _without_bars(err_path.read_text(errors="replace"))[-6000:]
+                raise AssertionError(f"seed {seed}, mode {mode}, trial {trial}: {exc}\n"
+                                     f"{tail}") from None
+            context = f"seed {seed}, mode {mode}: {report}"
+            if mode == "finish" and report["outcome"] == "finished":
+                assert report["complete"], context
+            else:
+                assert report["outcome"] == "KeyboardInterrupt", context
+            assert report["children"] == [] and report["threads"] == [], context
+            assert report["segments"] == [] and report["fds_added"] == 0, context
+        lines.next(30)
+        proc.communicate(b"bye\n", timeout=30)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None and not pipe.closed:
+                pipe.close()
+    stderr = _without_bars(err_path.read_text(errors="replace"))
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, \
+        f"seed {seed}, mode {mode}:\n{stderr[-3000:]}"
 
 
 def produce_into(ch: cv.Channel[int], start: int) -> None:

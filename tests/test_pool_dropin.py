@@ -229,3 +229,15 @@ def test_bad_call_options_are_named() -> None:
         with pytest.raises(TypeError, match="retry_on"):
             pool.map(square, range(4), retry_on=ValueError)  # type: ignore[arg-type]
         assert pool.map(square, range(4)) == [0, 1, 4, 9]
+
+
+def test_map_pickles_its_input_as_it_dispatches() -> None:
+    import threading as th
+
+    items: list[Any] = ["x" * 1024] * 20_000  # chunks are cut near 4 MB as they are sent
+    with cv.Pool(2) as pool:
+        assert pool.map(len, items) == [1024] * 20_000
+        items[15_000] = th.Lock()  # not picklable: found when its chunk is dispatched
+        with pytest.raises(cv.SerializationError, match="task 15000"):
+            pool.map(len, items)
+        assert pool.map(len, ["ab"] * 3) == [2, 2, 2]

@@ -7,6 +7,7 @@ owns):
     _demo                     ``conveyor demo`` (loaded only by the command line)
     _cli                      the ``conveyor`` command and its batch jobs
     _flow                     pipelines and work queues, built on the pool
+    _dask                     cluster=: a pool's work on Dask (a local pool per Dask worker)
     _pool                     Pool, map(): API, call objects, the supervisor, the worker
     _team                     team(): processes in lock-step
     _channel                  Channel, its shared-memory ring, peers, large items
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from conveyor._channel.channel import Channel as Channel
     from conveyor._channel.channel import ChannelStatistics as ChannelStatistics
+    from conveyor._dask._context import use_cluster as use_cluster
     from conveyor._flow.pipeline import ItemError as ItemError
     from conveyor._flow.pipeline import Pipeline as Pipeline
     from conveyor._flow.pipeline import PipelineStatistics as PipelineStatistics
@@ -81,6 +83,7 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     "Channel": "conveyor._channel.channel",
     "ChannelStatistics": "conveyor._channel.channel",
+    "use_cluster": "conveyor._dask._context",
     "ItemError": "conveyor._flow.pipeline",
     "Pipeline": "conveyor._flow.pipeline",
     "PipelineStatistics": "conveyor._flow.pipeline",
@@ -177,6 +180,7 @@ __all__ = [
     "map",
     "shared_struct",
     "team",
+    "use_cluster",
     "work_queue",
     "worker_index",
     "worker_state",

@@ -39,7 +39,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> Parser:
     from conveyor import __version__
 
-    parser = Parser(prog="conveyor", description=__doc__,
+    parser = Parser(prog="conveyor", description=(__doc__ or "").replace("``", ""),
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}",
                         help="print the version of conveyor and exit")

@@ -10,6 +10,7 @@ the error can say "argument 2 of task 17", not just "cannot pickle".
 
 from __future__ import annotations
 
+import io
 import pickle
 from typing import Any
 
@@ -38,7 +39,24 @@ def dumps_by_value(obj: object, buffer_callback: Any = None) -> bytes:
     return bytes(cloudpickle.dumps(obj, PROTOCOL, buffer_callback=buffer_callback))
 
 
-def dumps_function(fn: object, main_by_value: bool = True) -> bytes:
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle an exception the standard way, whatever reducers the process registered.
+
+    Importing Dask ``distributed`` installs tblib's reducers for every exception class in
+    ``copyreg``; they drop what a custom ``__init__`` sets (``SystemExit(3).code`` comes
+    back None). A pickler with a table of its own ignores them. cloudpickle is the
+    fallback, for classes defined in ``__main__``."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, PROTOCOL)
+    pickler.dispatch_table = {}
+    try:
+        pickler.dump(exc)
+    except Exception:
+        return dumps(exc)
+    return buf.getvalue()
+
+
+def dumps_function(fn: object, main_by_value: bool = True, remote: bool = False) -> bytes:
     """Pickle a callable by value when it cannot be pickled by reference.
 
     A function in ``__main__`` pickles by reference with the standard pickler. Under
@@ -47,8 +65,17 @@ def dumps_function(fn: object, main_by_value: bool = True) -> bytes:
     ``__main__`` is a re-import that lacks what the ``if __name__ == "__main__":`` block
     or an interactive session defined, so there (``main_by_value``) cloudpickle sends
     such functions by value.
+
+    ``remote`` (a pool on a Dask cluster): cloudpickle for every callable, since a
+    callable object from a library may hold a function of ``__main__`` (a work queue's
+    handler), which the standard pickler would send by a reference that no Dask worker
+    can resolve.
     """
     module = getattr(fn, "__module__", None)
+    if remote and not (module == "__main__" or module is None):
+        import cloudpickle
+
+        return bytes(cloudpickle.dumps(fn, PROTOCOL))
     if main_by_value and (module == "__main__" or module is None):
         code = getattr(fn, "__code__", None)
         data = dumps_by_value(fn)

@@ -119,6 +119,16 @@ class _CallBase:
         """The task number shown in errors for the item at ``position``."""
         return position
 
+    def pickle_error(self, part: Sequence[Any], base: int) -> SerializationError:
+        """The error for items that cannot be pickled, naming the first that cannot."""
+        for k, item in enumerate(part):
+            try:
+                _serialize.dumps(item)
+            except Exception:
+                what = "argument" if self.mode == _worker.STARMAP else "item"
+                return _serialize.serialization_error(what, item, base + k, _HINT)
+        return _serialize.serialization_error("items", part, base, _HINT)
+
     def cancel_running(self) -> None:
         self.sup.command(Command.CANCEL_RUNNING, self)
 
@@ -165,25 +175,20 @@ class _Call(_CallBase):
         raise NotImplementedError
 
     def _make_records(self, items: Sequence[Any], chunks: Iterable[tuple[int, int]],
-                      offset: int = 0) -> list[Record]:
+                      offset: int = 0, lazy: bool = False) -> list[Record]:
+        """Records for ``items`` cut at ``chunks``; pickled now (a pickling error is
+        raised here), or, ``lazy``, by the supervisor when each is dispatched."""
         records = []
         for start, stop in chunks:
             part = items[start:stop]
-            try:
-                data = _serialize.dumps(part)
-            except Exception:
-                raise self._pickle_error(part, offset + start) from None
+            data = None
+            if not lazy:
+                try:
+                    data = _serialize.dumps(part)
+                except Exception:
+                    raise self.pickle_error(part, offset + start) from None
             records.append(Record(self, offset + start, part, self.mode, data))
         return records
-
-    def _pickle_error(self, part: Sequence[Any], base: int) -> SerializationError:
-        for k, item in enumerate(part):
-            try:
-                _serialize.dumps(item)
-            except Exception:
-                what = "argument" if self.mode == _worker.STARMAP else "item"
-                return _serialize.serialization_error(what, item, base + k, _HINT)
-        return _serialize.serialization_error("items", part, base, _HINT)
 
 
 _HINT = "arguments must be picklable (cloudpickle is tried for lambdas and closures)"
@@ -300,7 +305,10 @@ class _ListCall(_Call):
         self.error_callback = error_callback
         self.done = threading.Event()
         self._callback_error: BaseException | None = None
-        self.records = self._make_records(items, _chunks(n, pool._workers, chunksize))
+        # Pickled as they are dispatched: the parent holds the pickles of the chunks in
+        # flight, not a second copy of the whole input.
+        self.records = self._make_records(items, _chunks(n, pool._workers, chunksize),
+                                          lazy=True)
         if n == 0:
             self._finish()
 

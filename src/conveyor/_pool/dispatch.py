@@ -3,7 +3,15 @@
 A worker is given a few records ahead, as many as cover ``_TARGET_QUEUE_NS`` of its run
 time judged by the function at the queue's head, in even shares so that one idle worker
 does not take the whole queue. The take-back (see ``supervisor``'s docstring) asks a
-busy worker for the records queued behind a long one when another worker has nothing.
+busy worker for the records queued behind a long one when another worker has nothing;
+one deferred by its 1 ms threshold sets ``_take_back_soon``, so the loop looks again in
+a millisecond rather than at its next event.
+
+A map's chunk arrives unpickled (``Record.data`` None) and is pickled here, as it is
+sent: the parent then holds the pickles of the chunks in flight, not a second copy of
+the whole input. A large chunk is cut first (``_cut``, from a sample of ``_SAMPLE``
+items) so that each pickle stays near ``_RECORD_BYTES``; a chunk that cannot be pickled
+fails its items (``_unpicklable``), naming the first that cannot.
 Part of the supervisor thread (``supervisor.Supervisor``).
 """
 
@@ -16,12 +24,19 @@ import time
 
 from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
+from conveyor._pool.seam import Record
 from conveyor._pool.state import SupervisorState, WorkerHandle
+
+_NO_SKIP: frozenset[int] = frozenset()
 
 # How much queued work (in worker time) each worker is given beyond the task it runs.
 _TARGET_QUEUE_NS = 4_000_000
 _MAX_DEPTH = 512
 _MAX_PENDING_BYTES = 8 << 20
+# A lazily pickled chunk is cut so that its pickle stays near this size: the parent then
+# holds a few megabytes of pickles per worker, not a large first chunk of a big input.
+_RECORD_BYTES = 4 << 20
+_SAMPLE = 32
 _TAKE_BACK_AFTER_NS = 1_000_000  # a record running this long may have its queue taken back
 _CONFIRM_NS = 1_000_000  # from writing a take-back range to reading the worker's claim
 
@@ -75,6 +90,15 @@ class Dispatcher(SupervisorState):
                 call = rec.call
                 if not call.start(rec):
                     continue  # cancelled before it ran
+                data = rec.data
+                if data is None:
+                    if rec.size > 2 * _SAMPLE:
+                        rec = self._cut(rec)
+                    try:
+                        data = _serialize.dumps(rec.items)
+                    except Exception:
+                        self._unpicklable(rec)
+                        continue
                 self._next_rid += 1
                 rec.rid = self._next_rid
                 fn_id = call.fn_id
@@ -90,15 +114,36 @@ class Dispatcher(SupervisorState):
                 # argument is then not copied once more into the list's pickle, nor
                 # out of it in the worker.
                 mode = rec.mode | _worker.TIMED if call.timeout else rec.mode
-                batch.append((rec.rid, fn_id, fn_bytes, mode, len(rec.data)))
-                datas.append(rec.data)
+                batch.append((rec.rid, fn_id, fn_bytes, mode, len(data)))
+                datas.append(data)
                 w.outstanding[rec.rid] = rec
-                size += len(rec.data)
+                size += len(data)
                 room -= 1
             if batch:
                 head = pickle.dumps(batch, _serialize.PROTOCOL)
                 w.writer.push(_worker.TASKS, [_worker.HEAD_LEN.pack(len(head)), head, *datas])
                 self._flush(w)
+
+    def _cut(self, rec: Record) -> Record:
+        """Estimate a lazy chunk's pickle from a sample of its items; when it would be
+        far above _RECORD_BYTES, send its head now and queue the rest first in line."""
+        try:
+            per_item = len(_serialize.dumps(rec.items[:_SAMPLE])) / _SAMPLE
+        except Exception:
+            return rec  # pickling the whole chunk fails next, and names the item
+        keep = max(_SAMPLE, int(_RECORD_BYTES / max(per_item, 1.0)))
+        if rec.size <= 2 * keep:
+            return rec
+        self.pending.appendleft(rec.split(keep, rec.size))
+        return rec.split(0, keep)
+
+    def _unpicklable(self, rec: Record) -> None:
+        """A lazily pickled chunk that cannot be pickled: its items fail, naming the
+        first that cannot (the error a caller would have had at the call)."""
+        call = rec.call
+        err = call.pickle_error(rec.items, rec.base)
+        call.complete(rec, [None] * rec.size, dict.fromkeys(range(rec.size), err), _NO_SKIP)
+        call.flush()
 
     def _flush(self, w: WorkerHandle) -> None:
         try:
@@ -130,6 +175,7 @@ class Dispatcher(SupervisorState):
             back = [rec for rec in (w.outstanding.pop(rid, None) for rid in rids)
                     if rec is not None]
             self.pending.extendleft(reversed(back))
+        self._take_back_soon = False
         if self.pending or not any(not w.outstanding for w in self._usable()):
             if self.pending:
                 self._dispatch()
@@ -143,6 +189,7 @@ class Dispatcher(SupervisorState):
             if running not in w.outstanding:
                 continue  # between records: it takes the next one in a moment
             if now - slots[base + _worker.SLOT_STARTED_NS] < _TAKE_BACK_AFTER_NS:
+                self._take_back_soon = True  # look again in a millisecond
                 continue
             rids = [rid for rid in w.outstanding if rid > running]
             if not rids:

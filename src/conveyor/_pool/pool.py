@@ -54,7 +54,7 @@ from conveyor._pool.options import (
 )
 from conveyor._pool.progress import CallbackThread, ProgressSpec
 from conveyor._pool.results import AsyncResult, MapResult
-from conveyor._pool.seam import Command
+from conveyor._pool.seam import Command, Runner
 from conveyor._pool.supervisor import Supervisor
 from conveyor.errors import (
     PoolClosedError,
@@ -99,6 +99,13 @@ class Pool(futures.Executor):
     (exception types that are retried too), ``start_method`` ("fork", "forkserver",
     "spawn") or ``context``, and ``progress`` (True for a tqdm bar per call, or a
     callable ``fn(done, total)``).
+
+    ``cluster`` runs the pool's work on a Dask cluster: a ``distributed.Client`` (never
+    closed by conveyor), a scheduler address ``"tcp://host:8786"``, or ``"local"`` (a
+    ``LocalCluster`` started and stopped with the pool). Every Dask worker then runs a
+    conveyor pool of its own, sized to its threads, with the options above; ``workers``
+    is ignored (the cluster's threads count). See ``conveyor.use_cluster`` and the
+    README's "Scale out" section.
     """
 
     def __init__(
@@ -119,6 +126,7 @@ class Pool(futures.Executor):
         retries: int = 0,
         retry_on: Iterable[type[BaseException]] = (),
         progress: ProgressSpec = False,
+        cluster: Any = None,
     ) -> None:
         given = [v for v in (workers, processes, max_workers) if v is not None]
         if len(set(given)) > 1:
@@ -139,8 +147,14 @@ class Pool(futures.Executor):
             ctx = multiprocessing.get_context(start_method)
         elif start_method is not None:
             raise TypeError("give either context= or start_method=, not both")
+        if cluster is None:
+            from conveyor._dask._context import current  # no Dask import: see there
+
+            cluster = current()
         self._workers = n
-        self._main_by_value = ctx.get_start_method() != "fork"
+        # On a cluster, a function of __main__ goes by value: a Dask worker has no such module.
+        self._main_by_value = cluster is not None or ctx.get_start_method() != "fork"
+        self._remote = cluster is not None
         self._submitted = itertools.count()
         self._progress = progress
         self._lock = threading.Lock()
@@ -155,7 +169,8 @@ class Pool(futures.Executor):
         init: tuple[bytes, Any, bool] | None = None
         if initializer is not None:
             try:
-                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value)
+                fn_bytes = _serialize.dumps_function(initializer, self._main_by_value,
+                                                     self._remote)
             except Exception:
                 raise _serialize.serialization_error("initializer", initializer, None) from None
             args = tuple(initargs)
@@ -167,8 +182,14 @@ class Pool(futures.Executor):
                 # which is the one moment they may be pickled; inherited under fork.
                 init = (fn_bytes, args, False)
         self._callbacks = CallbackThread()
+        self._sup: Runner
         try:
-            self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
+            if cluster is not None:
+                self._sup, self._workers = _cluster_backend(  # the cluster's threads count
+                    cluster, init, maxtasks, max_worker_memory,
+                    start_method or (ctx.get_start_method() if context or mp_context else None))
+            else:
+                self._sup = Supervisor(ctx, n, init, maxtasks, max_worker_memory)
         except Exception as exc:
             if init is not None and not init[2]:
                 err = _serialize.serialization_error(
@@ -196,7 +217,7 @@ class Pool(futures.Executor):
             if not callable(fn):
                 raise TypeError(f"the function to run must be callable, got {short_repr(fn)}")
             try:
-                data = _serialize.dumps_function(fn, self._main_by_value)
+                data = _serialize.dumps_function(fn, self._main_by_value, self._remote)
             except Exception:
                 raise _serialize.serialization_error(
                     "function", fn, None, "define it at module level, or make what it "
@@ -508,6 +529,23 @@ class Pool(futures.Executor):
         raise TypeError("a Pool cannot be pickled or sent to a worker")
 
 
+def _cluster_backend(cluster: Any, init: Any, maxtasks: int | None, max_memory: int | None,
+                     start_method: str | None) -> tuple[Runner, int]:
+    """The runner of a pool on a Dask cluster (``conveyor._dask``), in place of a local
+    ``Supervisor``, and the cluster's thread count; with ``Pool.__init__``'s look at
+    ``use_cluster()``, the only place where ``Pool`` reaches Dask. ``_dask`` sits above
+    the pool (it runs a local pool on each Dask worker), so these imports are upward,
+    made only when a cluster is asked for; ``tests/test_layering.py`` lists them."""
+    try:
+        from conveyor._dask._backend import DaskBackend
+    except ImportError as exc:
+        from conveyor._dask._context import dask_missing
+
+        raise dask_missing(f"Pool(cluster={cluster!r})") from exc
+    backend = DaskBackend(cluster, init, maxtasks, max_memory, start_method)
+    return backend, backend.threads
+
+
 class _StrongRef:
     """Stands for a weak reference to a callable that takes none (a builtin)."""
 
@@ -520,7 +558,7 @@ class _StrongRef:
         return self.fn
 
 
-def _finalize(sup: Supervisor, callbacks: CallbackThread) -> None:
+def _finalize(sup: Runner, callbacks: CallbackThread) -> None:
     """A pool garbage-collected (or still open at interpreter exit) without close().
 
     Nothing of its work can still be queued (queued work keeps the pool alive), so a

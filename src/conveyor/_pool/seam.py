@@ -2,12 +2,16 @@
 
 The API side (``pool``: ``Pool`` and its call objects) turns each call into
 :class:`Record` s and hands them to a *runner*; the runner reports each finished record
-back to the record's call object through :class:`TaskCall`. Today's runner is the
-``supervisor`` (local worker processes). A second way of running tasks (a cluster
-backend) sits beside it by implementing :class:`Runner` and calling the same
+back to the record's call object through :class:`TaskCall`. The runners are the
+``supervisor`` (local worker processes) and, for ``Pool(cluster=...)``, ``_dask``'s
+``DaskBackend``: each implements :class:`Runner` (mypy checks both) and calls the same
 ``TaskCall`` methods from its own thread: the call objects, and with them futures,
 ordering, retries' bookkeeping, progress and callbacks, do not know which runner they
 talk to.
+
+A record's ``data`` may be None: a map's chunks are pickled by the runner as it sends
+them (so the parent does not hold the input twice), and a chunk that cannot be pickled
+then fails its items with the call's ``pickle_error``.
 
 Everything here is typed: commands are a :class:`Command`, the reasons a runner stops a
 task are a :data:`KillReason`, and a record's place in its call is a plain ``base``
@@ -18,12 +22,11 @@ from __future__ import annotations
 
 import enum
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence, Sized
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
-from conveyor.errors import CallbackError
+from conveyor.errors import CallbackError, SerializationError
 
 if TYPE_CHECKING:
     from conveyor._pool.progress import Progress
@@ -48,7 +51,8 @@ class TaskCall(Protocol):
     ``start`` before a record is sent (False: it was cancelled, skip it); ``complete``
     for each finished record, with one value per item, the errors by item position and
     the positions to leave out (retried); ``flush`` once per batch of results;
-    ``abort`` when the call's remaining records will never run.
+    ``abort`` when the call's remaining records will never run; ``pickle_error`` for a
+    record the runner could not pickle (the error names the first bad item).
     """
 
     fn_name: str
@@ -74,6 +78,8 @@ class TaskCall(Protocol):
 
     def label(self, item: Any) -> str: ...
 
+    def pickle_error(self, part: Sequence[Any], base: int) -> SerializationError: ...
+
 
 class Runner(Protocol):
     """What the API calls on a runner (from any thread)."""
@@ -85,6 +91,13 @@ class Runner(Protocol):
     timeouts_used: bool
     workers_replaced: int
     stopped: threading.Event  # set once the runner's thread has ended (iterators stop waiting)
+    after_stop: Callable[[], object] | None  # called once its thread has stopped (GC'd pools)
+
+    @property
+    def pending(self) -> Sized: ...  # records taken, not yet sent (counted in statistics())
+
+    @property
+    def owner_pid(self) -> int: ...  # the process that made it: a forked copy does nothing
 
     def submit(self, records: list[Record]) -> None: ...
 
@@ -107,12 +120,15 @@ class Record:
     __slots__ = ("attempts", "base", "call", "data", "elapsed_ns", "items", "mode", "rid",
                  "worker")
 
-    def __init__(self, call: TaskCall, base: int, items: Any, mode: int, data: bytes) -> None:
+    def __init__(self, call: TaskCall, base: int, items: Any, mode: int,
+                 data: bytes | None) -> None:
         self.rid = 0
         self.call = call
         self.base = base  # index of the first item within its call
         self.items = items  # the unpickled items (or (args, kwargs)), to split or describe
         self.mode = mode
+        # The pickled items; None: pickled by the runner when dispatched, and not kept
+        # (a map's input is not held twice, once as objects and once as bytes).
         self.data = data
         self.attempts = 0  # failures charged to this record (its retries used)
         self.elapsed_ns = 0  # run time in the worker, once it ran
@@ -127,8 +143,7 @@ class Record:
 
     def split(self, start: int, stop: int) -> Record:
         """A new record for items [start, stop) of this one (map chunks only)."""
-        part = self.items[start:stop]
-        rec = Record(self.call, self.base + start, part, self.mode, _serialize.dumps(part))
+        rec = Record(self.call, self.base + start, self.items[start:stop], self.mode, None)
         rec.attempts = self.attempts
         return rec
 

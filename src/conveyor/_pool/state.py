@@ -82,6 +82,7 @@ class SupervisorState:
     _closing: bool
     _terminating: bool
     _start_failures: int
+    _take_back_soon: bool  # a take-back deferred by its 1 ms threshold: poll again soon
     _has_initializer: bool
 
     if TYPE_CHECKING:  # provided by the parts and by Supervisor; declared for each other

@@ -75,7 +75,7 @@ from conveyor._pool import worker as _worker
 from conveyor._pool.deaths import DeathHandler
 from conveyor._pool.dispatch import Dispatcher
 from conveyor._pool.reading import ResultReader
-from conveyor._pool.seam import Command, KillReason, TaskCall
+from conveyor._pool.seam import Command, KillReason, Runner, TaskCall
 from conveyor._pool.seam import Record as Record  # re-exported: _flow.pipeline imports it here
 from conveyor._pool.state import FdKind, WorkerHandle
 from conveyor.errors import (
@@ -89,7 +89,7 @@ _TERM_GRACE = 0.5
 
 # The supervisors of this process, so that interpreter exit can finish their work (the
 # ``concurrent.futures`` rule). Weak: a pool that is gone needs nothing at exit.
-_live: weakref.WeakSet[Supervisor] = weakref.WeakSet()
+_live: weakref.WeakSet[Runner] = weakref.WeakSet()  # a cluster's DaskBackend too
 _exit_hook_lock = threading.Lock()
 _exit_hook_registered = False
 _interpreter_exiting = False
@@ -116,8 +116,17 @@ def _finish_at_exit() -> None:
     for sup in mine:
         sup.stop_intake("the interpreter is shutting down")
         sup.close()
-    for sup in mine:
-        sup.join()
+    try:
+        for sup in mine:
+            sup.join()
+    except KeyboardInterrupt:
+        # Ctrl-C while exit waits for submitted work: the user wants out, so the work
+        # is dropped (as terminate() drops it) and the workers are stopped now.
+        for sup in mine:
+            sup.terminate()
+        for sup in mine:
+            sup.join()
+        raise
 
 
 class Supervisor(Dispatcher, ResultReader, DeathHandler):
@@ -175,6 +184,7 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
         self.broken: BaseException | None = None
         self.stopped = threading.Event()
         self._start_failures = 0
+        self._take_back_soon = False
         self.tasks_done = 0
         self.timeouts_used = False
         self.workers_replaced = 0
@@ -269,6 +279,15 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
             # watch it (see _worker), and the pool joins them at interpreter exit.
             daemon=False,
         )
+        # A worker starts with SIGINT blocked (a child inherits the mask across fork and
+        # exec) and ignores it before unblocking: a Ctrl-C to the process group during
+        # its start-up must not kill it with a traceback before worker_main ignores
+        # SIGINT. (CPython's resource tracker is launched the same way.) Under
+        # forkserver the server forks, so the mask here does not matter, and blocking
+        # it could leave the server, started lazily by this very call, with SIGINT
+        # blocked for good.
+        mask = {signal.SIGINT} if self._ctx.get_start_method() != "forkserver" else set()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, mask)
         try:
             with warnings.catch_warnings():
                 # CPython 3.12+ warns when forking a multi-threaded process (gh-100228);
@@ -281,6 +300,7 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
                 os.close(fd)
             raise
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             child_task.close()
             child_result.close()
         w = WorkerHandle(index, process, _frames.FrameWriter(task_w), _frames.FrameReader(result_r))
@@ -389,7 +409,8 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
         # Timeouts are checked by reading the workers' status slots, so once any call
         # has used one, the loop wakes every 20 ms; a take-back waits one millisecond
         # for its confirmation; otherwise it sleeps until an event.
-        if any(w is not None and w.taking_back is not None for w in self._workers):
+        if self._take_back_soon or any(w is not None and w.taking_back is not None
+                                       for w in self._workers):
             return 1
         return 20 if self.timeouts_used else None
 

@@ -174,7 +174,7 @@ def _encode_exception(exc: BaseException) -> tuple[bytes, str]:
     try:
         # cloudpickle as a fallback keeps an exception class defined in __main__ the same
         # class in the parent (its class tracker maps it back), so except clauses match.
-        data = _serialize.dumps(exc)
+        data = _serialize.dumps_exception(exc)
         pickle.loads(data)  # an exception with a custom __init__ may not round-trip
     except BaseException:  # even a SystemExit from a __reduce__: it is the task's failure
         from conveyor.errors import RemoteError
@@ -267,6 +267,7 @@ def worker_main(
     global _state, _index, _forked_child
     _forked_child = False  # a worker of a pool nested in a task is forked from a worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the parent
     task_fd = os.dup(task_conn.fileno())
     result_fd = os.dup(result_conn.fileno())
     task_conn.close()
