@@ -507,32 +507,36 @@ def scenario_tables(args: argparse.Namespace) -> list[str]:
                      + table(["library", "start method", "seconds (median)", "conveyor ÷ this",
                               "target"], rows))
     if "7" in wanted:
-        n = 40_000 if quick else 400_000
-        got = runner.measure("mapmem", {"n": n}, 1 if quick else 2)
-        rows = []
-        growth = {lib: min(_values(runs, "growth")) for lib, runs in got.items()
-                  if _values(runs, "growth")}
-        for lib, runs in got.items():
-            if lib not in growth:
-                rows.append([LABELS[lib], _error(runs), "-", ""])
-                continue
-            target = ""
-            if lib == "conveyor" and "mp" in growth:
-                target = (f"≤ multiprocessing.Pool's: "
-                          f"{_verdict(growth['conveyor'] <= growth['mp'])}")
-            rows.append([LABELS[lib], f"{growth[lib] / 1024:+.0f}",
-                         _fmt_rate(max(_values(runs, "rate"))), target])
-        parts.append(f"### 7. Parent memory of a `map` over {n:,} strings of 1 KB\n\n"
-                     f"The input list is built first; the figure is the parent's peak RSS "
-                     f"(VmHWM) at the end minus its RSS just before the call, in MiB (best "
-                     f"of the repetitions): what the pool adds on top of the input.\n\n"
-                     + table(["library", "peak growth (MiB)", "tasks/s", "target"], rows))
+        parts.append(mapmem_table(runner, quick))
 
     if "6" in wanted:
         params = {"long": 2.0, "short": 0.05, "n": 12, "burst": 3, "gap": 0.3}
         got = runner.measure("latency", params, 1 if quick else reps)
         parts.append(latency_table(got, params, 1 if quick else reps))
     return parts
+
+
+def mapmem_table(runner: Runner, quick: bool) -> str:
+    n = 40_000 if quick else 400_000
+    got = runner.measure("mapmem", {"n": n}, 1 if quick else 2)
+    rows = []
+    growth = {lib: min(_values(runs, "growth")) for lib, runs in got.items()
+              if _values(runs, "growth")}
+    for lib, runs in got.items():
+        if lib not in growth:
+            rows.append([LABELS[lib], _error(runs), "-", ""])
+            continue
+        target = ""
+        if lib == "conveyor" and "mp" in growth:
+            target = (f"≤ multiprocessing.Pool's: "
+                      f"{_verdict(growth['conveyor'] <= growth['mp'])}")
+        rows.append([LABELS[lib], f"{growth[lib] / 1024:+.0f}",
+                     _fmt_rate(max(_values(runs, "rate"))), target])
+    return (f"### 7. Parent memory of a `map` over {n:,} strings of 1 KB\n\n"
+            f"The input list is built first; the figure is the parent's peak RSS "
+            f"(VmHWM) at the end minus its RSS just before the call, in MiB (best "
+            f"of the repetitions): what the pool adds on top of the input.\n\n"
+            + table(["library", "peak growth (MiB)", "tasks/s", "target"], rows))
 
 
 def latency_table(got: dict[str, list[dict[str, Any] | str]], p: dict[str, Any],

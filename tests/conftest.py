@@ -40,7 +40,7 @@ def conveyor_segments() -> set[str]:
     """conveyor segments that belong to this test run: owned by this process, or by a
     process that is gone (a leak). Live segments of other processes (another test run on
     the same machine) are not ours to judge."""
-    from conveyor._shm import owner_alive
+    from conveyor._ipc.segment import owner_alive
 
     me = f"conveyor_{os.getpid()}_"
     try:
@@ -55,7 +55,7 @@ def _singleton_pids() -> set[int | None]:
     # process-wide singletons that outlive pools and segments on purpose.
     from multiprocessing import forkserver, resource_tracker
 
-    from conveyor import _shm_sweep
+    from conveyor._ipc import sweep as _shm_sweep
 
     return {
         getattr(forkserver._forkserver, "_forkserver_pid", None),

@@ -25,7 +25,7 @@ from conveyor import (
     ChannelFull,
     SerializationError,
 )
-from conveyor._oob import THRESHOLD
+from conveyor._channel.oob import THRESHOLD
 
 MakeChannel = Callable[..., Channel[Any]]
 
@@ -371,6 +371,43 @@ def test_repr_says_open_closed_or_cancelled(start_method: str) -> None:
     endless.unlink()
 
 
+def _put_after_close(ch: Channel[Any], out: Any) -> None:
+    ch.put("last")
+    ch.close()
+    try:
+        ch.put("too late")
+    except conveyor.ClosedChannelError as exc:
+        out.put(("closed by you", isinstance(exc, ChannelClosed), str(exc)))
+    except Exception as exc:  # reported, so the parent's assertion names it
+        out.put(("other", type(exc).__name__, str(exc)))
+
+
+@pytest.mark.timeout(60)
+def test_closed_by_you_and_end_of_stream_are_two_errors(start_method: str) -> None:
+    """A sender that put after its own close() gets ClosedChannelError; the receiver at
+    the end of the stream gets EndOfChannel; ``except ChannelClosed`` still takes both."""
+    ctx = mp.get_context(start_method)
+    ch: Channel[Any] = Channel(maxsize=5, senders=1)
+    out = ctx.SimpleQueue()
+    p = ctx.Process(target=_put_after_close, args=(ch, out))
+    p.start()
+    p.join(30)
+    kind, is_base, message = out.get()
+    assert (kind, is_base) == ("closed by you", True), message
+    assert "after close()" in message
+    assert ch.get(timeout=10) == "last"
+    with pytest.raises(conveyor.EndOfChannel, match="end of stream") as info:
+        ch.get(timeout=10)
+    assert isinstance(info.value, ChannelClosed)
+    assert not isinstance(info.value, conveyor.ClosedChannelError)
+    with pytest.raises(conveyor.ClosedChannelError, match="senders"):
+        ch.put("after every declared sender closed")
+    for exc in (conveyor.EndOfChannel("x"), conveyor.ClosedChannelError("y")):
+        again = pickle.loads(pickle.dumps(exc))
+        assert type(again) is type(exc) and type(exc).__module__ == "conveyor"
+    ch.unlink()
+
+
 def test_close_after_unlink_is_a_no_op() -> None:
     ch: Channel[Any] = Channel()
     ch.put(1)
@@ -530,7 +567,7 @@ def test_open_ended_channel_outlives_its_senders() -> None:
 def test_demo_runs_and_reports_a_rate(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from conveyor import _demo_channel
+    from conveyor._demo import channel as _demo_channel
 
     monkeypatch.setattr(_demo_channel, "PER_PRODUCER", 3000)
     _demo_channel.run()

@@ -25,7 +25,7 @@ import json, os, random, signal, sys, threading, time
 import multiprocessing as mp
 import numpy as np
 from conveyor import Channel, ChannelBroken, ChannelClosed
-from conveyor._ring import HEADER, M32
+from conveyor._channel.ring import HEADER, M32
 ctx = mp.get_context(sys.argv[1])
 
 TAGS = []  # every channel this scenario made, to look for its leftovers afterwards

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conveyor import Channel
-from conveyor._oob import THRESHOLD
+from conveyor._channel.oob import THRESHOLD
 
 # Mostly small items, some medium, a few of several MB (those go out of band).
 # Medium ones stay below the smallest maxbytes; larger ones would be a ValueError in band.
@@ -47,7 +47,7 @@ def consume(ch: Channel[Any], out: Any, batch: bool) -> None:
             for k, i, crc, data in got:
                 raw = data.tobytes() if isinstance(data, np.ndarray) else data
                 seen.append((k, i, zlib.crc32(raw) == crc))
-    except Exception as exc:  # ChannelClosed ends it; anything else is reported
+    except Exception as exc:  # EndOfChannel ends it; anything else is reported
         out.put((seen, type(exc).__name__))
 
 
@@ -81,7 +81,7 @@ def test_every_item_arrives_once_in_producer_order(
                 p.join()
         out.close()
         ch.unlink()
-    assert [end for _, end in reports] == ["ChannelClosed"] * consumers
+    assert [end for _, end in reports] == ["EndOfChannel"] * consumers
     received = [(k, i) for seen, _ in reports for k, i, _ in seen]
     assert sorted(received) == [(k, i) for k, plan in enumerate(plans) for i in range(len(plan))]
     assert all(ok for seen, _ in reports for _, _, ok in seen), "an item arrived corrupted"

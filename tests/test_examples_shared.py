@@ -32,7 +32,7 @@ def test_example_runs(name: str) -> None:
 
 def test_demo_runs() -> None:
     r = subprocess.run(
-        [sys.executable, "-c", "from conveyor._demo_shared import run; run()"],
+        [sys.executable, "-c", "from conveyor._demo.shared import run; run()"],
         capture_output=True, text=True, timeout=100,
     )
     assert r.returncode == 0, r.stderr

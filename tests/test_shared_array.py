@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import conveyor
-from conveyor._shm import segment_exists
+from conveyor._ipc.segment import segment_exists
 
 
 def fill_row(a: conveyor.SharedArray, row: int) -> float:

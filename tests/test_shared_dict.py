@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import conveyor
-from conveyor._shm import SHM_DIR, segment_exists
+from conveyor._ipc.segment import SHM_DIR, segment_exists
 
 
 def count_words(d: conveyor.SharedDict, words: list[str]) -> int:

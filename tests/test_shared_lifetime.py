@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor._shm import SHM_DIR, Segment, segment_exists
-from conveyor._shm_sweep import sweep_stale
+from conveyor._ipc.segment import SHM_DIR, Segment, segment_exists
+from conveyor._ipc.sweep import sweep_stale
 
 
 def run(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -128,6 +128,34 @@ def test_attaching_children_never_unlink_nor_warn(method: str) -> None:
 
 def _drop_inherited(c: conveyor.SharedCounter) -> None:
     c.increment()
+
+
+@pytest.mark.timeout(60)
+def test_forked_child_disowns_every_segment_and_lock_it_inherits() -> None:
+    """One fork registry serves every owned segment (a bare one too, such as a channel's
+    large-item block before it is handed over) and every segment lock."""
+    seg = Segment.create(64, "seg")
+    lock = conveyor.SegmentLock(seg.name, 8)
+    ctx = multiprocessing.get_context("fork")
+
+    def child() -> None:
+        owner_left = seg.owner
+        seg.close()  # an owner would unlink here
+        with lock:  # a fresh descriptor: the parent's hold below does not count as ours
+            pass
+        os._exit(3 if owner_left else 0)
+
+    with lock:
+        p = ctx.Process(target=child)
+        p.start()
+        p.join(2)
+        assert p.exitcode is None  # blocked on the lock the parent holds
+    p.join(30)
+    assert p.exitcode == 0
+    assert segment_exists(seg.name)
+    lock.close()
+    seg.close()
+    assert not segment_exists(seg.name)
 
 
 def test_forked_child_never_unlinks_an_inherited_owner() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import conveyor
-from conveyor._shm import segment_exists
+from conveyor._ipc.segment import segment_exists
 
 
 @conveyor.shared_struct

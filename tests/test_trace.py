@@ -64,7 +64,7 @@ def check_spans(spans: list[cv.Span]) -> None:
 
 
 def test_the_recorder_reads_rows_as_the_worker_packs_them() -> None:
-    from conveyor import _worker
+    from conveyor._pool import worker as _worker
     from conveyor._trace import _recorder
 
     assert _recorder.ROW.format == _worker.TRACE_ROW.format

@@ -1,26 +1,22 @@
 """conveyor: multiprocess work in Python that is correct, fast and pleasant.
 
-Layers, top to bottom (each imports only from the ones below it):
+Subsystems, top to bottom (each subpackage imports only from the ones below it;
+``tests/test_layering.py`` enforces this, and each subpackage's docstring says what it
+owns):
 
-    _cli                                   the ``conveyor`` command
-    _pipeline, _work_queue                 stages of workers; tasks that add tasks
-    _pool                                  Pool, map(): what users call
-    _dask/                                 cluster=: the same pool's work on Dask
-    _team, _team_state                     team(): processes in lock-step
-    _channel                               Channel: the bounded many-to-many transport
-    _ring, _peers, _oob                    its shared-memory ring, peer tables, item encoding
-    _supervisor                            the pool's one thread: dispatch, results, deaths
-    _trace/                                trace(): a per-task timeline, Chrome trace, HTML
-    _worker                                runs in the child process
-    _serialize, _frames                    cloudpickle fallback, pipe framing
-    _struct, _struct_fields, _shared,      shared structs, values, arrays, dicts, lists
-      _shared_array, _shared_dict,
-      _shared_list, _shared_store
-    _shared_common                         owned segments, the segment lock, lazy numpy
-    _shm                                   segment names, ownership, stale sweep
-    errors                                 every public exception
+    _demo                     ``conveyor demo`` (loaded only by the command line)
+    _cli                      the ``conveyor`` command and its batch jobs
+    _flow                     pipelines and work queues, built on the pool
+    _dask                     cluster=: a pool's work on Dask (a local pool per Dask worker)
+    _pool                     Pool, map(): API, call objects, the supervisor, the worker
+    _team                     team(): processes in lock-step
+    _trace                    trace(): a per-task timeline, Chrome trace, HTML report
+    _channel                  Channel, its shared-memory ring, peers, large items
+    _shared                   shared structs, values, arrays, dicts, lists
+    _ipc                      segments, locks, fork hooks, serialisation, pipe framing
+    errors                    every public exception
 
-Everything public is re-exported here; underscore modules are internals. The
+Everything public is re-exported here; underscore packages are internals. The
 re-exports load on first use (PEP 562), so ``import conveyor`` stays cheap, and a
 worker process started by spawn or forkserver imports only what it runs.
 """
@@ -31,44 +27,46 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from conveyor._channel import Channel as Channel
-    from conveyor._channel import ChannelStatistics as ChannelStatistics
+    from conveyor._channel.channel import Channel as Channel
+    from conveyor._channel.channel import ChannelStatistics as ChannelStatistics
     from conveyor._dask._context import use_cluster as use_cluster
-    from conveyor._pipeline import ItemError as ItemError
-    from conveyor._pipeline import Pipeline as Pipeline
-    from conveyor._pipeline import PipelineStatistics as PipelineStatistics
-    from conveyor._pipeline import StageStatistics as StageStatistics
-    from conveyor._pool import AsyncResult as AsyncResult
-    from conveyor._pool import MapResult as MapResult
-    from conveyor._pool import Pool as Pool
-    from conveyor._pool import TaskFuture as TaskFuture
-    from conveyor._pool import map as map
-    from conveyor._pool_stats import PoolStatistics as PoolStatistics
-    from conveyor._shared import SharedCounter as SharedCounter
-    from conveyor._shared import SharedValue as SharedValue
-    from conveyor._shared_array import SharedArray as SharedArray
-    from conveyor._shared_common import SegmentLock as SegmentLock
-    from conveyor._shared_dict import SharedDict as SharedDict
-    from conveyor._shared_list import SharedList as SharedList
-    from conveyor._struct import SharedStruct as SharedStruct
-    from conveyor._struct import shared_struct as shared_struct
-    from conveyor._struct_fields import SharedFieldArray as SharedFieldArray
-    from conveyor._team import TeamContext as TeamContext
-    from conveyor._team import team as team
+    from conveyor._flow.pipeline import ItemError as ItemError
+    from conveyor._flow.pipeline import Pipeline as Pipeline
+    from conveyor._flow.pipeline import PipelineStatistics as PipelineStatistics
+    from conveyor._flow.pipeline import StageStatistics as StageStatistics
+    from conveyor._flow.work_queue import iter_work_queue as iter_work_queue
+    from conveyor._flow.work_queue import work_queue as work_queue
+    from conveyor._ipc.lock import SegmentLock as SegmentLock
+    from conveyor._pool.calls import TaskFuture as TaskFuture
+    from conveyor._pool.pool import Pool as Pool
+    from conveyor._pool.pool import map as map
+    from conveyor._pool.results import AsyncResult as AsyncResult
+    from conveyor._pool.results import MapResult as MapResult
+    from conveyor._pool.stats import PoolStatistics as PoolStatistics
+    from conveyor._pool.worker import worker_index as worker_index
+    from conveyor._pool.worker import worker_state as worker_state
+    from conveyor._shared.arrays import SharedArray as SharedArray
+    from conveyor._shared.dicts import SharedDict as SharedDict
+    from conveyor._shared.fields import SharedFieldArray as SharedFieldArray
+    from conveyor._shared.lists import SharedList as SharedList
+    from conveyor._shared.structs import SharedStruct as SharedStruct
+    from conveyor._shared.structs import shared_struct as shared_struct
+    from conveyor._shared.values import SharedCounter as SharedCounter
+    from conveyor._shared.values import SharedValue as SharedValue
+    from conveyor._team.team import TeamContext as TeamContext
+    from conveyor._team.team import team as team
     from conveyor._trace._api import Trace as Trace
     from conveyor._trace._api import trace as trace
     from conveyor._trace._view import Span as Span
     from conveyor._trace._view import TraceSummary as TraceSummary
-    from conveyor._work_queue import iter_work_queue as iter_work_queue
-    from conveyor._work_queue import work_queue as work_queue
-    from conveyor._worker import worker_index as worker_index
-    from conveyor._worker import worker_state as worker_state
     from conveyor.errors import CallbackError as CallbackError
     from conveyor.errors import ChannelBroken as ChannelBroken
     from conveyor.errors import ChannelClosed as ChannelClosed
     from conveyor.errors import ChannelEmpty as ChannelEmpty
     from conveyor.errors import ChannelFull as ChannelFull
+    from conveyor.errors import ClosedChannelError as ClosedChannelError
     from conveyor.errors import ConveyorError as ConveyorError
+    from conveyor.errors import EndOfChannel as EndOfChannel
     from conveyor.errors import PipelineError as PipelineError
     from conveyor.errors import PoolClosedError as PoolClosedError
     from conveyor.errors import RemoteError as RemoteError
@@ -88,43 +86,45 @@ __version__ = "0.1.0"
 
 # Where each public name lives; loaded on first access.
 _EXPORTS: dict[str, str] = {
-    "Channel": "conveyor._channel",
+    "Channel": "conveyor._channel.channel",
+    "ChannelStatistics": "conveyor._channel.channel",
     "use_cluster": "conveyor._dask._context",
-    "ChannelStatistics": "conveyor._channel",
-    "ItemError": "conveyor._pipeline",
-    "Pipeline": "conveyor._pipeline",
-    "PipelineStatistics": "conveyor._pipeline",
-    "StageStatistics": "conveyor._pipeline",
-    "AsyncResult": "conveyor._pool",
-    "MapResult": "conveyor._pool",
-    "Pool": "conveyor._pool",
-    "PoolStatistics": "conveyor._pool_stats",
-    "TaskFuture": "conveyor._pool",
-    "map": "conveyor._pool",
-    "SharedCounter": "conveyor._shared",
-    "SharedValue": "conveyor._shared",
-    "SharedArray": "conveyor._shared_array",
-    "SegmentLock": "conveyor._shared_common",
-    "SharedDict": "conveyor._shared_dict",
-    "SharedList": "conveyor._shared_list",
-    "SharedStruct": "conveyor._struct",
-    "shared_struct": "conveyor._struct",
-    "SharedFieldArray": "conveyor._struct_fields",
-    "TeamContext": "conveyor._team",
-    "team": "conveyor._team",
+    "ItemError": "conveyor._flow.pipeline",
+    "Pipeline": "conveyor._flow.pipeline",
+    "PipelineStatistics": "conveyor._flow.pipeline",
+    "StageStatistics": "conveyor._flow.pipeline",
+    "AsyncResult": "conveyor._pool.results",
+    "MapResult": "conveyor._pool.results",
+    "Pool": "conveyor._pool.pool",
+    "PoolStatistics": "conveyor._pool.stats",
+    "TaskFuture": "conveyor._pool.calls",
+    "map": "conveyor._pool.pool",
+    "SharedCounter": "conveyor._shared.values",
+    "SharedValue": "conveyor._shared.values",
+    "SharedArray": "conveyor._shared.arrays",
+    "SegmentLock": "conveyor._ipc.lock",
+    "SharedDict": "conveyor._shared.dicts",
+    "SharedList": "conveyor._shared.lists",
+    "SharedStruct": "conveyor._shared.structs",
+    "shared_struct": "conveyor._shared.structs",
+    "SharedFieldArray": "conveyor._shared.fields",
+    "TeamContext": "conveyor._team.team",
+    "team": "conveyor._team.team",
     "Span": "conveyor._trace._view",
     "Trace": "conveyor._trace._api",
     "TraceSummary": "conveyor._trace._view",
     "trace": "conveyor._trace._api",
-    "iter_work_queue": "conveyor._work_queue",
-    "work_queue": "conveyor._work_queue",
-    "worker_index": "conveyor._worker",
-    "worker_state": "conveyor._worker",
+    "iter_work_queue": "conveyor._flow.work_queue",
+    "work_queue": "conveyor._flow.work_queue",
+    "worker_index": "conveyor._pool.worker",
+    "worker_state": "conveyor._pool.worker",
     "CallbackError": "conveyor.errors",
     "ChannelBroken": "conveyor.errors",
     "ChannelClosed": "conveyor.errors",
     "ChannelEmpty": "conveyor.errors",
     "ChannelFull": "conveyor.errors",
+    "ClosedChannelError": "conveyor.errors",
+    "EndOfChannel": "conveyor.errors",
     "ConveyorError": "conveyor.errors",
     "PipelineError": "conveyor.errors",
     "PoolClosedError": "conveyor.errors",
@@ -151,7 +151,9 @@ __all__ = [
     "ChannelEmpty",
     "ChannelFull",
     "ChannelStatistics",
+    "ClosedChannelError",
     "ConveyorError",
+    "EndOfChannel",
     "ItemError",
     "MapResult",
     "Pipeline",

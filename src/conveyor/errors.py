@@ -15,7 +15,9 @@ conveyor                      also an instance of
 ``ResultTimeoutError``        ``multiprocessing.TimeoutError``, ``TimeoutError``
 ``SerializationError``        ``pickle.PicklingError``
 ``PoolClosedError``           ``ValueError``, ``RuntimeError``
-``ChannelClosed``             --
+``ChannelClosed``             -- (base of the next two)
+``ClosedChannelError``        --
+``EndOfChannel``              --
 ``ChannelBroken``             --
 ``ChannelFull``               ``queue.Full``
 ``ChannelEmpty``              ``queue.Empty``
@@ -49,7 +51,9 @@ __all__ = [
     "ChannelClosed",
     "ChannelEmpty",
     "ChannelFull",
+    "ClosedChannelError",
     "ConveyorError",
+    "EndOfChannel",
     "PipelineError",
     "PoolClosedError",
     "RemoteError",
@@ -253,7 +257,19 @@ class CallbackError(ConveyorError):
 
 
 class ChannelClosed(ConveyorError):
-    """End of stream: every sender closed and the channel is drained (or you closed it)."""
+    """Base of the two ways a channel is closed for an operation: :class:`EndOfChannel`
+    (receiving: the stream ended) and :class:`ClosedChannelError` (sending: closed by
+    you, or by every declared sender). ``except ChannelClosed`` catches both."""
+
+
+class EndOfChannel(ChannelClosed):
+    """End of stream, the normal end: every sender closed and the channel is drained.
+    Iterating a channel ends on it."""
+
+
+class ClosedChannelError(ChannelClosed):
+    """Nothing more can be sent: you called ``close()`` on this handle (it means "I am
+    done"), or every declared sender has closed the channel."""
 
 
 class ChannelBroken(ConveyorError):

@@ -14,9 +14,12 @@ What this subpackage owns:
   that feeds it and never raises.
 
 What it may import: the standard library, ``distributed`` (only in ``_backend`` and
-``_remote``, which are imported only when ``cluster=`` is given), and of conveyor only
-``errors``, ``_serialize``, ``_worker`` (record modes) and, in ``_remote``, ``_pool``
-(the local pool on a Dask worker) and ``_supervisor.Record``. Nothing in conveyor
-imports this package unless a cluster is asked for, except ``_context`` (no Dask
-import), which ``Pool`` reads to find a ``use_cluster()`` default.
+``_remote``, which are imported only when a cluster is asked for), and of conveyor
+``_pool`` (the seam's ``Runner``, ``Record`` and ``Command``, record modes, the
+exit hook's registry, and in ``_remote`` the local pool on a Dask worker), ``_ipc``
+(pickling) and ``errors``. ``_dask`` sits above the pool, yet the pool reaches it in
+two places, both imports inside a function, made only when a cluster is asked for or
+may be: ``Pool()`` reads ``_context.current()`` (no Dask import) for a
+``use_cluster()`` default, and ``_pool.pool._cluster_backend`` makes the
+``DaskBackend``; ``tests/test_layering.py`` lists them as the only upward imports.
 """

@@ -11,12 +11,14 @@ Data flow::
     futures / results     <---  complete(record) per record  <-- bytes <-- pool runs them
                                 release the Dask future at once
 
-The interface the ``Pool`` calls (and nothing else): ``submit(records)``,
-``command("cancel_running", call)`` / ``command("cancel_pending")``, ``close()``,
-``terminate()``, ``join()``, ``stop_intake()``, and the fields ``accepting``,
-``refusal``, ``broken``, ``stopped``, ``timeouts_used``, ``tasks_done``,
-``workers_replaced``, ``pending``, ``owner_pid``, ``after_stop``. It is a subset of
-``Supervisor``'s, so the backend can sit at the seam between ``Pool`` and its runner.
+The interface the ``Pool`` calls is the seam's ``Runner`` protocol (``_pool.seam``):
+``submit(records)``, ``command(Command.CANCEL_RUNNING, call)`` /
+``command(Command.CANCEL_PENDING)``, ``close()``, ``terminate()``, ``join()``,
+``stop_intake()``, ``worker_pids()`` and the fields ``accepting``, ``refusal``,
+``broken``, ``stopped``, ``timeouts_used``, ``tasks_done``, ``workers_replaced``,
+``pending``, ``owner_pid``, ``after_stop``; mypy checks that ``DaskBackend`` conforms
+(``_pool.pool._cluster_backend`` returns it as a ``Runner``), as it does for the local
+``Supervisor``. Each record is reported back through the seam's ``TaskCall``.
 
 Batching: a record is one call or one chunk, as the pool cut it. The driver packs
 consecutive records into one Dask task until their estimated run time (per-item time of
@@ -48,9 +50,11 @@ from typing import Any
 import cloudpickle
 import distributed
 
-from conveyor import _serialize, _worker
 from conveyor._dask import _remote
 from conveyor._dask._context import ClusterHandle, open_cluster
+from conveyor._ipc import serialize as _serialize
+from conveyor._pool import worker as _worker
+from conveyor._pool.seam import Command, Record
 from conveyor.errors import ConveyorError, PoolClosedError, RemoteTraceback, WorkerLostError
 
 _TARGET_S = 0.3  # run time of one Dask task, once the function's speed is known
@@ -85,10 +89,11 @@ class DaskBackend:
         self.tasks_done = 0
         self.workers_replaced = 0
         self.after_stop: Any = None
-        self.pending: deque[Any] = deque()
+        self.pending: deque[Record] = deque()
         self._pending_items = 0
-        self._events: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._in_flight: dict[str, tuple[distributed.Future[Any], list[Any]]] = {}
+        # The pool's commands, and "records" (submitted) and "done" (a Dask future's key).
+        self._events: queue.SimpleQueue[tuple[Command | str, Any]] = queue.SimpleQueue()
+        self._in_flight: dict[str, tuple[distributed.Future[Any], list[Record]]] = {}
         self._item_ns: dict[int, float] = {}  # measured run time of one item, per function
         self._name = f"conveyor-pool-{uuid.uuid4().hex[:12]}"
         self._keys = itertools.count()
@@ -106,9 +111,9 @@ class DaskBackend:
         self._thread = threading.Thread(target=self._run, name="conveyor-dask-driver",
                                         daemon=True)
         self._thread.start()
-        from conveyor import _supervisor
+        from conveyor._pool import supervisor as _supervisor
 
-        _supervisor._live.add(self)  # type: ignore[arg-type]  # finished at interpreter exit
+        _supervisor._live.add(self)  # finished at interpreter exit
         _supervisor._register_exit_hook()
 
     def _count_threads(self) -> int:
@@ -119,14 +124,14 @@ class DaskBackend:
 
     # ------------------------------------------------------------ called from any thread
 
-    def submit(self, records: list[Any]) -> None:
+    def submit(self, records: list[Record]) -> None:
         with self.intake:
             if not self.accepting:
                 raise PoolClosedError(self.refusal)
             self._events.put(("records", records))
 
-    def command(self, name: str, arg: Any = None) -> None:
-        self._events.put((name, arg))
+    def command(self, cmd: Command, arg: Any = None) -> None:
+        self._events.put((cmd, arg))
 
     def stop_intake(self, reason: str) -> None:
         with self.intake:
@@ -136,11 +141,11 @@ class DaskBackend:
 
     def close(self) -> None:
         self.stop_intake("the pool is closed; no new work can be submitted")
-        self.command("close")
+        self.command(Command.CLOSE)
 
     def terminate(self) -> None:
         self.stop_intake("the pool was terminated; no new work can be submitted")
-        self.command("terminate")
+        self.command(Command.TERMINATE)
 
     def join(self, timeout: float | None = None) -> bool:
         if threading.current_thread() is self._thread:
@@ -195,23 +200,23 @@ class DaskBackend:
             if self._closing and not self.pending and not self._in_flight:
                 return
 
-    def _handle_event(self, kind: str, arg: Any) -> None:
+    def _handle_event(self, kind: Command | str, arg: Any) -> None:
         if kind == "records":
             self.pending.extend(arg)
             self._pending_items += sum(rec.size for rec in arg)
         elif kind == "done":
             self._finished(arg)
-        elif kind == "close":
+        elif kind is Command.CLOSE:
             self._closing = True
-        elif kind == "terminate":
+        elif kind is Command.TERMINATE:
             self._terminating = True
             self._abort_all(CancelledError("the pool was terminated"))
-        elif kind == "cancel_pending":
+        elif kind is Command.CANCEL_PENDING:
             dropped = list(self.pending)
             self.pending.clear()
             self._pending_items = 0
             _abort_calls(dropped, CancelledError("cancelled by shutdown(cancel_futures=True)"))
-        elif kind == "cancel_running":
+        elif kind is Command.CANCEL_RUNNING:
             # Every Dask worker is asked; the one running the call's task kills it.
             self.client.run(_remote.cancel_running, self._name, id(arg))
         else:  # pragma: no cover - a bug in this module
@@ -226,14 +231,14 @@ class DaskBackend:
             if records:
                 self._send(records)
 
-    def _take_batch(self) -> list[Any]:
+    def _take_batch(self) -> list[Record]:
         head = self.pending[0]
         per_item = self._item_ns.get(head.call.fn_id)
         budget = 0.0
         if per_item is not None:
             share = self._pending_items * per_item / 1e9 / (_IN_FLIGHT_PER_THREAD * self.threads)
             budget = max(_MIN_S, min(_TARGET_S, share)) * 1e9
-        taken: list[Any] = []
+        taken: list[Record] = []
         spent = 0.0
         nbytes = items = 0
         while self.pending:
@@ -252,13 +257,13 @@ class DaskBackend:
                 continue  # failed with a SerializationError
             taken.append(rec)
             spent += (self._item_ns.get(rec.call.fn_id) or 0.0) * rec.size
-            nbytes += len(rec.data)
+            nbytes += len(rec.data or b"")  # pickled by now
             items += rec.size
             if per_item is None:
                 break  # not measured yet: one record per task until it is
         return taken
 
-    def _pickle(self, rec: Any) -> bool:
+    def _pickle(self, rec: Record) -> bool:
         """Pickle a record that the pool left unpickled (a map's chunk is pickled when it
         is dispatched, so the input is not held twice); fail it alone if it cannot be."""
         try:
@@ -275,7 +280,7 @@ class DaskBackend:
             return False
         return True
 
-    def _send(self, records: list[Any]) -> None:
+    def _send(self, records: list[Record]) -> None:
         fns: dict[int, tuple[str, bytes]] = {}
         parts = []
         for rec in records:
@@ -338,7 +343,7 @@ class DaskBackend:
         for call in calls:
             call.flush()
 
-    def _batch_lost(self, records: list[Any], exc: BaseException) -> None:
+    def _batch_lost(self, records: list[Record], exc: BaseException) -> None:
         """Dask could not run a batch: its Dask worker died too often, or it was cancelled."""
         guess = (f"Dask gave up on the chunk task ({type(exc).__name__}: {exc}); the Dask "
                  f"worker process running it died, which conveyor's own workers cannot cause")
@@ -380,12 +385,12 @@ class DaskBackend:
             pass  # the cluster is gone, and the local pools with it
 
 
-def _flush(records: list[Any]) -> None:
+def _flush(records: list[Record]) -> None:
     for call in {rec.call: None for rec in records}:
         call.flush()
 
 
-def _abort_calls(records: list[Any], exc: BaseException) -> None:
+def _abort_calls(records: list[Record], exc: BaseException) -> None:
     for call in {rec.call: None for rec in records}:
         call.abort(exc)
 

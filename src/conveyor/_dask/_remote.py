@@ -37,9 +37,10 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from conveyor import _serialize, _worker
-from conveyor._pool import Pool, _Call
-from conveyor._supervisor import Record
+from conveyor._ipc import serialize as _serialize
+from conveyor._pool import worker as _worker
+from conveyor._pool.pool import Pool, _Call
+from conveyor._pool.seam import Command, Record
 from conveyor.errors import ConveyorError, RemoteTraceback
 
 _pools: dict[str, Pool] = {}
@@ -131,7 +132,7 @@ def cancel_running(name: str, token: int) -> bool:
     part = _running.get((name, token))
     if part is None:
         return False
-    part.pool._sup.command("cancel_running", part)
+    part.pool._sup.command(Command.CANCEL_RUNNING, part)
     return True
 
 
@@ -169,6 +170,8 @@ class _PartCall:
 
     progress = None
     label = _Call.label  # the same "fn(args)" text as on the client
+    # Never needed (the client pickled every record it sends), kept for the seam's TaskCall.
+    pickle_error = _Call.pickle_error
 
     def __init__(self, pool: Pool, batch: _Batch, fn_id: int, fn_name: str, fn_bytes: bytes,
                  timeout: float | None, retries: int, retry_on: tuple[type[BaseException], ...],

@@ -5,8 +5,8 @@ they keep), the public ``Trace`` and ``trace()`` (``_api``), the reading of a tr
 (``_view``: spans, lanes, summary) and the two writers (``_chrome``: ``.json`` /
 ``.json.gz``; ``_html``: one self-contained ``.html``).
 
-It imports nothing from the rest of conveyor: the pool's supervisor (``_supervisor``)
-and worker (``_worker``) call into ``_recorder`` through a handful of small hooks, and
+It imports nothing from the rest of conveyor: the pool's supervisor (``_pool.supervisor``
+with ``dispatch``, ``reading`` and ``deaths``) and worker (``_pool.worker``) call into ``_recorder`` through a handful of small hooks, and
 ``_recorder`` only reads the attributes of the records and workers it is handed (the
 packed row layout is ``_worker.TRACE_ROW``, mirrored in ``_recorder.ROW`` so that this
 package need not import the worker). The writers are imported when a file is written,
@@ -22,8 +22,5 @@ object per span is kept, so a long trace does not slow the garbage collector. Me
 by ``benchmarks/bench_trace.py``.
 
 ``conveyor run`` (shell commands, no pool) calls ``Recorder.command_done`` from its
-runner threads (``_batch_runners``).
+runner threads (``_cli.runners``).
 """
-
-from conveyor._trace._api import Trace as Trace
-from conveyor._trace._api import trace as trace
