@@ -336,3 +336,22 @@ def test_a_channel_as_the_source() -> None:
         p.join()
     ch.unlink()
     assert sorted(got) == sorted(2 * x for x in [*range(100), *range(1000, 1100)])
+
+
+@pytest.mark.timeout(120)
+def test_progress_into_a_log_is_plain_lines() -> None:
+    script = (
+        "import conveyor as cv\n"
+        "def inc(x):\n    return x + 1\n"
+        "def walk(n, add):\n    if n < 200:\n        add(2 * n + 1); add(2 * n + 2)\n    return n\n"
+        "if __name__ == '__main__':\n"
+        "    out = cv.Pipeline(range(5000)).map(inc, workers=2).run(progress=True)\n"
+        "    print(len(out), len(cv.work_queue([0], walk, workers=2, progress=True)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=100, env={**os.environ, "CONVEYOR_PROGRESS_EVERY": "0.01"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["5000", "401"]
+    assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
+    assert "map(inc): 5,000 item" in proc.stderr and "buffer 0/1024" in proc.stderr
+    assert "walk:" in proc.stderr and " task" in proc.stderr

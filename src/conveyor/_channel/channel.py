@@ -1,6 +1,6 @@
-"""Channel: the seed's bounded buffer, carrying Python objects between processes.
+"""Channel: a bounded producer–consumer buffer, carrying Python objects between processes.
 
-The seed's producer-consumer guards a counter with two conditions, ``not_full`` and
+The textbook producer-consumer guards a counter with two conditions, ``not_full`` and
 ``not_empty``, and never ends. A :class:`Channel` is that buffer made real::
 
     creator ──Channel(maxsize, senders=N)──► shared-memory ring (_ring.py)

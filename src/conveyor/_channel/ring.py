@@ -35,7 +35,7 @@ them, so each process maps a channel once (:func:`open_ring` caches by name).
 Waiting. Nobody sleeps holding a lock. A blocked put or get polls the two words
 (cheap unlocked reads): a few plain spins, then up to 200 polls each after
 ``sched_yield`` (on an idle core that returns at once, so it is a spin; with more
-processes than cores, as in the seed's 2 + 3 on 2 CPUs, it hands the core to one that
+processes than cores, as with 2 producers and 3 consumers on 2 CPUs, it hands the core to one that
 has work), then sleeps doubling from 10 us to 1 ms. No doorbell means no wake-up state
 that a killed process could leave half-updated; the price is up to ~1 ms of latency
 after an idle period and a light poll while blocked. Cancellation is the state word,

@@ -863,11 +863,11 @@ class _Run:
 
     # ---- reporting
     def _open_bars(self) -> None:
-        from tqdm.auto import tqdm
+        from conveyor._pool.progress import make_bar  # plain lines when not on a terminal
 
         for i, stage in enumerate(self.stages):
-            self.bars.append(tqdm(desc=stage.spec.name[:24], position=i, unit="item",
-                                  leave=True, dynamic_ncols=True))
+            self.bars.append(make_bar(desc=stage.spec.name[:24], position=i, unit="item",
+                                      leave=True, dynamic_ncols=True))
 
     def _statistics(self) -> PipelineStatistics:
         wall = time.monotonic() - self.started

@@ -209,10 +209,10 @@ class _Run:
 
     def _start(self) -> None:
         if self.progress:
-            from tqdm.auto import tqdm
+            from conveyor._pool.progress import make_bar  # plain lines off a terminal
 
-            self.bar = tqdm(desc=getattr(self.handler, "__qualname__", "work_queue"),
-                            unit="task", total=0)
+            self.bar = make_bar(desc=getattr(self.handler, "__qualname__", "work_queue"),
+                                unit="task", total=0)
         self.pool = Pool(self.workers, **self.pool_options)
         self.call = ChunkCall(self, self.pool, _Handler(self.handler))
         self.capacity = 2 * self.pool.workers

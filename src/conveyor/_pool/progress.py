@@ -123,7 +123,7 @@ class LineBar:
 
     Takes tqdm's keyword arguments (ignoring those about drawing) and offers the part of
     tqdm's interface the package uses: ``n``, ``total``, ``update``, ``refresh``,
-    ``close``, and ``with``. A line looks like
+    ``set_postfix_str``, ``close``, and ``with``. A line looks like
     ``count_primes: 20% 1,200/6,000 task, 240/s, 5 s``."""
 
     def __init__(self, total: float | None = None, desc: str | None = None, unit: str = "it",
@@ -138,6 +138,7 @@ class LineBar:
         self._started = time.monotonic()
         self._last = self._started
         self._closed = False
+        self._postfix = ""
 
     def update(self, n: float = 1) -> None:
         self.n += n
@@ -149,6 +150,10 @@ class LineBar:
     def refresh(self) -> None:
         """tqdm redraws here; a log gets its lines on schedule only."""
 
+    def set_postfix_str(self, s: str = "", refresh: bool = True) -> None:
+        """Shown at the end of the next line (a pipeline stage's buffer fill)."""
+        self._postfix = s
+
     def _print(self, now: float) -> None:
         elapsed = now - self._started
         if self.total:  # the percentage first, where tqdm puts it
@@ -157,7 +162,9 @@ class LineBar:
             done = f"{self.n:,.0f} {self._unit}"
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
         file = self._file if self._file is not None else sys.stderr
-        print(f"{self._desc}: {done}, {rate:,.0f}/s, {elapsed:.0f} s", file=file, flush=True)
+        extra = f", {self._postfix}" if self._postfix else ""
+        print(f"{self._desc}: {done}, {rate:,.0f}/s, {elapsed:.0f} s{extra}", file=file,
+              flush=True)
 
     def close(self) -> None:
         if not self._closed:

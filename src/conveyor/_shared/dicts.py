@@ -1,4 +1,4 @@
-"""``SharedDict``: the seed's Manager dict, in shared memory (storage in ``_shared_store``)."""
+"""``SharedDict``: a dict shared by processes, in shared memory (storage in ``_shared_store``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``SharedDict`` and ``SharedList``: the seed's Manager use case, without a server process.
+"""``SharedDict`` and ``SharedList``: what a ``multiprocessing.Manager`` serves, without a server process.
 
 ``multiprocessing.Manager().dict()`` keeps the dict in a server process, so every ``d[k]``
 is a request and a reply over a socket (tens of microseconds). Here the data itself lives

@@ -1,4 +1,4 @@
-"""``team(n, fn, *args)``: n processes in lock-step, the seed's Barrier made safe.
+"""``team(n, fn, *args)``: n processes in lock-step, a barrier that a crash cannot hang.
 
 Data flow::
 
