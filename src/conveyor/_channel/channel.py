@@ -3,9 +3,9 @@
 The textbook producer-consumer guards a counter with two conditions, ``not_full`` and
 ``not_empty``, and never ends. A :class:`Channel` is that buffer made real::
 
-    creator ──Channel(maxsize, senders=N)──► shared-memory ring (_ring.py)
+    creator ──Channel(maxsize, senders=N)──► shared-memory ring (ring.py)
     producer i:  with ch: ch.put(x) ...        records ──► ring ──► records
-    consumer j:  for x in ch: ...              (pickled by _oob.py; large buffers
+    consumer j:  for x in ch: ...              (pickled by oob.py; large buffers
                                                 in blocks of their own)
 
 Who is a sender is declared up front: ``senders=N`` says N handles will each call
@@ -27,7 +27,7 @@ stale-segment sweep if the creator is killed (once no live process maps the ring
 Known limits: a sender that dies before its first ``put`` was never seen, so it cannot
 be reported (receivers wait; give them a ``timeout`` or ``cancel()``); a process that
 is *stopped* (SIGSTOP) inside a put or get holds a lock for as long, whatever the
-others' timeouts; waiting is polling (see _ring.py), which an oversubscribed machine
+others' timeouts; waiting is polling (see ring.py), which an oversubscribed machine
 penalises more than a kernel wait; each side tracks at most 64 processes for deaths.
 """
 

@@ -9,7 +9,7 @@ Layout: one :class:`~conveyor._ipc.segment.Segment` holds a 4 KiB header and a d
           136  closed      how many senders have closed
           192  magic, capacity, maxsize, senders (fixed at creation)
           224  pid of whoever broke it; 232 message length; 240.. message (UTF-8)
-          512  sender rows   (pid, start time, open handles) x 64    see _peers.py
+          512  sender rows   (pid, start time, open handles) x 64    see peers.py
          2048  receiver rows (pid, start time, 1) x 64
     data 4096  records: an 8-byte prefix (payload length | flags << 32), the payload,
                padding to 8 bytes; a payload may wrap around the end, a prefix never does

@@ -10,7 +10,7 @@ Layout (constants in ``layout``; waiting and breaking in ``waiting``): one
           136  closed      how many senders have closed
           192  magic, capacity, maxsize, senders (fixed at creation)
           224  pid of whoever broke it; 232 message length; 240.. message (UTF-8)
-          512  sender rows   (pid, start time, open handles) x 64    see _peers.py
+          512  sender rows   (pid, start time, open handles) x 64    see peers.py
          2048  receiver rows (pid, start time, 1) x 64
     data 4096  records: an 8-byte prefix (payload length | flags << 32), the payload,
                padding to 8 bytes; a payload may wrap around the end, a prefix never does
@@ -41,7 +41,7 @@ that a killed process could leave half-updated; the price is up to ~1 ms of late
 after an idle period and a light poll while blocked. Cancellation is the state word,
 seen on the next poll.
 
-Dead peers (tables in _peers.py). A receiver blocked on an empty ring checks every
+Dead peers (tables in peers.py). A receiver blocked on an empty ring checks every
 0.2 s whether a sender with open handles has died, and then breaks the channel,
 naming the pid. A sender blocked on a full ring does the same when every receiver
 that ever got something is dead.
