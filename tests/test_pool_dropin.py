@@ -47,6 +47,18 @@ def test_size_aliases_read_by_dask_and_dynesty() -> None:
             pool.size = 3  # type: ignore[misc]
 
 
+def test_dask_process_scheduler_runs_on_a_conveyor_pool() -> None:
+    dask = pytest.importorskip("dask")
+    import dask.bag as db
+
+    from helpers import double
+
+    with cv.Pool(2) as pool:
+        bag = db.from_sequence(range(20), npartitions=4).map(double)
+        (total,) = dask.compute(bag.sum(), scheduler="processes", pool=pool)
+    assert total == 2 * sum(range(20))
+
+
 def test_imap_iterator_next_with_timeout() -> None:
     with cv.Pool(2) as pool:
         it = pool.imap(sleep_for, [2.0, 0.0])
