@@ -263,6 +263,23 @@ def test_duplicates_run_once_unless_allowed(job: Path) -> None:
     assert proc.returncode == 0 and side(job) == Counter({"a": 2, "b": 1})
 
 
+@pytest.mark.timeout(120)
+def test_duplicates_across_read_blocks_keep_one_journal_row_per_copy(job: Path) -> None:
+    # 600 copies span three read blocks of 256; a copy read in one block may still wait
+    # to start when the next block is read, and must not lend its key to another copy.
+    (job / "same.txt").write_text("x\n" * 600)
+    journal = job / "dups.db"
+    proc = cli(job, "map", "jobs:slow", "same.txt", "--journal", str(journal), "-j", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert side(job) == Counter({"x": 1})
+    proc = cli(job, "map", "jobs:slow", "same.txt", "--journal", str(journal), "--fresh",
+               "--allow-duplicates", "-j", "2")
+    assert proc.returncode == 0, proc.stderr
+    with sqlite3.connect(journal) as db:
+        assert db.execute("SELECT count(*), sum(status = 'ok') FROM items").fetchone() == (
+            600, 600)
+
+
 # ------------------------------------------------------------------ execution options
 
 

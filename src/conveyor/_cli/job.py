@@ -375,7 +375,9 @@ class Job:
                out: Output) -> int:
         keys = [key or make_key(salt, content) for _, content, key in block]
         rows = journal.lookup(keys)
-        mine: set[bytes] = set()  # keys taken in this block (not yet in the journal)
+        # Keys admitted but not yet in the journal: this block's, and those still waiting
+        # in ``ready`` from earlier blocks (a row is written when an item is started).
+        mine: set[bytes] = {t.key for t in ready}
         resume = self.spec.resume
         for (value, content, _), key in zip(block, keys, strict=True):
             seq += 1
