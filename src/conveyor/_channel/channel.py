@@ -1,4 +1,4 @@
-"""Channel: a bounded producer–consumer buffer, carrying Python objects between processes.
+"""Channel: a bounded producer-consumer buffer, carrying Python objects between processes.
 
 The textbook producer-consumer guards a counter with two conditions, ``not_full`` and
 ``not_empty``, and never ends. A :class:`Channel` is that buffer made real::
