@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import struct
 
-from conveyor._ipc.segment import _start_time
+from conveyor._ipc.identity import start_time as _start_time
 
 ROWS = 64
 _ROW = struct.Struct("qqq")

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from conveyor._ipc import forks
+from conveyor._ipc.identity import start_time as _start_time
 
 if TYPE_CHECKING:  # imported when needed: the reaper process imports this module
     from conveyor.errors import SharedMemoryFullError
@@ -43,17 +44,6 @@ def align8(n: int) -> int:
     """``n`` rounded up to a multiple of 8: every word conveyor puts in shared memory sits
     on an 8-byte boundary, so a single aligned store writes it whole (see ``_channel.ring``)."""
     return (n + 7) & ~7
-
-
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of ``pid`` (clock ticks since boot), or None if gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    if fields[0] == "Z":  # a zombie owns nothing any more
-        return None
-    return fields[19]
 
 
 def new_name(kind: str = "seg", owner: str | None = None) -> str:

@@ -45,7 +45,8 @@ import sys
 import threading
 import time
 
-from conveyor._ipc.segment import PREFIX, SHM_DIR, _start_time, owner_alive
+from conveyor._ipc.identity import start_time as _start_time
+from conveyor._ipc.segment import PREFIX, SHM_DIR, owner_alive
 
 _MAPPED = re.compile(rb"/dev/shm/(" + PREFIX.encode() + rb"[^\s/]+)")
 LINGER_POLL = 0.5  # seconds between looks at segments a live process still maps

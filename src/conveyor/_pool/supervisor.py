@@ -149,7 +149,7 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
         self._init = init
         self._maxtasks = maxtasks
         self._max_memory = max_memory
-        from conveyor._ipc.segment import _start_time
+        from conveyor._ipc.identity import start_time as _start_time
 
         self._owner = (os.getpid(), _start_time(os.getpid()))
         self.owner_pid = os.getpid()

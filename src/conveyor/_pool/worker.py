@@ -199,7 +199,7 @@ def _watch_parent(ppid: int, owner: tuple[int, str | None], die_with_parent: boo
     # Under forkserver our parent is the fork server, which can outlive the pool's
     # process for seconds; so the pool's own process (pid and start time, which
     # rules out a recycled pid) is watched too.
-    from conveyor._ipc.segment import _start_time
+    from conveyor._ipc.identity import start_time as _start_time
 
     if die_with_parent:
         # Loading ctypes takes ~5 ms with the GIL held; done a moment after start-up, it
@@ -286,7 +286,7 @@ def worker_main(
     result_conn.close()
     ppid = os.getppid()
     if owner is None:
-        from conveyor._ipc.segment import _start_time
+        from conveyor._ipc.identity import start_time as _start_time
 
         owner = (ppid, _start_time(ppid))
     threading.Thread(
