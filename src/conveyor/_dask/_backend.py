@@ -54,7 +54,7 @@ from conveyor._dask import _remote
 from conveyor._dask._context import ClusterHandle, open_cluster
 from conveyor._ipc import serialize as _serialize
 from conveyor._pool import worker as _worker
-from conveyor._pool.seam import Command, Record
+from conveyor._pool.seam import Command, Record, RunnerLifecycle
 from conveyor.errors import ConveyorError, PoolClosedError, RemoteTraceback, WorkerLostError
 
 _TARGET_S = 0.3  # run time of one Dask task, once the function's speed is known
@@ -65,7 +65,7 @@ _MAX_BATCH_ITEMS = 100_000
 _NO_SKIP: frozenset[int] = frozenset()
 
 
-class DaskBackend:
+class DaskBackend(RunnerLifecycle):
     """Runs a pool's records on a Dask cluster (see the module docstring)."""
 
     def __init__(self, cluster: Any, init: tuple[bytes, Any, bool] | None,
@@ -80,9 +80,7 @@ class DaskBackend:
         self._handle: ClusterHandle = open_cluster(cluster)
         self.client = self._handle.client
         self.owner_pid = os.getpid()
-        self.intake = threading.Lock()
-        self.accepting = True
-        self.refusal = "the pool is closed"
+        self._open_intake()
         self.broken: BaseException | None = None
         self.stopped = threading.Event()
         self.timeouts_used = False
@@ -132,26 +130,6 @@ class DaskBackend:
 
     def command(self, cmd: Command, arg: Any = None) -> None:
         self._events.put((cmd, arg))
-
-    def stop_intake(self, reason: str) -> None:
-        with self.intake:
-            if self.accepting:
-                self.accepting = False
-                self.refusal = reason
-
-    def close(self) -> None:
-        self.stop_intake("the pool is closed; no new work can be submitted")
-        self.command(Command.CLOSE)
-
-    def terminate(self) -> None:
-        self.stop_intake("the pool was terminated; no new work can be submitted")
-        self.command(Command.TERMINATE)
-
-    def join(self, timeout: float | None = None) -> bool:
-        if threading.current_thread() is self._thread:
-            return False
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def worker_pids(self) -> list[int]:
         """The pids of the Dask worker processes (conveyor's own run inside them)."""

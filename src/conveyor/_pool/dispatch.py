@@ -193,10 +193,11 @@ class Dispatcher(SupervisorState):
                 continue
             base = w.index * _worker.SLOT_SIZE
             running = slots[base + _worker.SLOT_RECORD]
-            if running not in w.outstanding:
-                continue  # between records: it takes the next one in a moment
-            if now - slots[base + _worker.SLOT_STARTED_NS] < _TAKE_BACK_AFTER_NS:
-                self._take_back_soon = True  # look again in a millisecond
+            if (running not in w.outstanding
+                    or now - slots[base + _worker.SLOT_STARTED_NS] < _TAKE_BACK_AFTER_NS):
+                # Between records (or not yet at its first), or just started: the queue
+                # behind it may still be worth taking back, so look again in 1 ms.
+                self._take_back_soon = True
                 continue
             rids = [rid for rid in w.outstanding if rid > running]
             if not rids:

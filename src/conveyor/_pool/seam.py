@@ -114,6 +114,48 @@ class Runner(Protocol):
     def worker_pids(self) -> list[int]: ...
 
 
+class RunnerLifecycle:
+    """What every runner does alike, whatever runs the work: the intake (a submit either
+    lands before ``close()`` or is refused, never in between), ``close``/``terminate``
+    as commands to its one thread, and ``join``. Subclasses set up ``intake``,
+    ``accepting``, ``refusal`` (see :meth:`_open_intake`) and ``_thread``, and implement
+    ``command``."""
+
+    intake: threading.Lock
+    accepting: bool
+    refusal: str
+    _thread: threading.Thread
+
+    def _open_intake(self) -> None:
+        self.intake = threading.Lock()
+        self.accepting = True
+        self.refusal = "the pool is closed"
+
+    def command(self, cmd: Command, arg: Any = None) -> None:
+        raise NotImplementedError
+
+    def stop_intake(self, reason: str) -> None:
+        """Refuse every later submit() with ``reason``; what was queued still runs."""
+        with self.intake:
+            if self.accepting:
+                self.accepting = False
+                self.refusal = reason
+
+    def close(self) -> None:
+        self.stop_intake("the pool is closed; no new work can be submitted")
+        self.command(Command.CLOSE)
+
+    def terminate(self) -> None:
+        self.stop_intake("the pool was terminated; no new work can be submitted")
+        self.command(Command.TERMINATE)
+
+    def join(self, timeout: float | None = None) -> bool:
+        if threading.current_thread() is self._thread:
+            return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
 class Record:
     """One unit of dispatch: a single call, or a chunk of items of a map."""
 

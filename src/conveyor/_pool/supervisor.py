@@ -75,7 +75,7 @@ from conveyor._pool import worker as _worker
 from conveyor._pool.deaths import DeathHandler
 from conveyor._pool.dispatch import Dispatcher
 from conveyor._pool.reading import ResultReader
-from conveyor._pool.seam import Command, KillReason, Runner, TaskCall
+from conveyor._pool.seam import Command, KillReason, Runner, RunnerLifecycle, TaskCall
 from conveyor._pool.seam import Record as Record  # re-exported: _flow.pipeline imports it here
 from conveyor._pool.state import FdKind, WorkerHandle
 from conveyor._trace import _recorder as _trace
@@ -130,7 +130,7 @@ def _finish_at_exit() -> None:
         raise
 
 
-class Supervisor(Dispatcher, ResultReader, DeathHandler):
+class Supervisor(RunnerLifecycle, Dispatcher, ResultReader, DeathHandler):
     """Owns a pool's workers and its one thread. Used only through ``_pool.Pool``."""
 
     def __init__(
@@ -156,9 +156,7 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
         # Callers append to ``pending`` under this lock, and close() flips ``accepting``
         # under it: a submit racing with close() either lands before the close command
         # (and runs) or raises PoolClosedError, never in between.
-        self.intake = threading.Lock()
-        self.accepting = True
-        self.refusal = "the pool is closed"
+        self._open_intake()
         self._has_initializer = init is not None
         self._status = _worker.status_block(workers)
         self._slots = _worker.status_view(self._status)
@@ -240,27 +238,6 @@ class Supervisor(Dispatcher, ResultReader, DeathHandler):
         self._commands.append((cmd, arg))
         self._woken = False
         self.wake()
-
-    def stop_intake(self, reason: str) -> None:
-        """Refuse every later submit() with ``reason``; what was queued still runs."""
-        with self.intake:
-            if self.accepting:
-                self.accepting = False
-                self.refusal = reason
-
-    def close(self) -> None:
-        self.stop_intake("the pool is closed; no new work can be submitted")
-        self.command(Command.CLOSE)
-
-    def terminate(self) -> None:
-        self.stop_intake("the pool was terminated; no new work can be submitted")
-        self.command(Command.TERMINATE)
-
-    def join(self, timeout: float | None = None) -> bool:
-        if threading.current_thread() is self._thread:
-            return False
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def worker_pids(self) -> list[int]:
         return [w.pid for w in self._workers if w is not None]
