@@ -237,7 +237,9 @@ def preimport(lib: str) -> None:
     """Import a contender's modules, so that scenario 5 times the pool, not the import."""
     import importlib
 
-    modules = {"conveyor": ["conveyor"], "mp": ["multiprocessing.pool"],
+    # Each library's pool module, as multiprocessing.pool is for mp (conveyor's public
+    # names load theirs lazily, on first use).
+    modules = {"conveyor": ["conveyor", "conveyor._pool.pool"], "mp": ["multiprocessing.pool"],
                "cf": ["concurrent.futures.process"], "mpire": ["mpire"],
                "joblib": ["joblib", "joblib.externals.loky"], "pebble": ["pebble"]}
     for name in modules[lib]:
