@@ -50,6 +50,26 @@ def conveyor_segments() -> set[str]:
     return {n for n in names if n.startswith(me) or not owner_alive(n)}
 
 
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_gone(pids: list[int], within: float) -> list[int]:
+    """Wait up to ``within`` seconds for ``pids`` to be gone; return those still alive."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        left = [p for p in pids if alive(p)]
+        if not left:
+            return []
+        time.sleep(0.01)
+    return [p for p in pids if alive(p)]
+
+
 def _singleton_pids() -> set[int | None]:
     # The stdlib forkserver and resource tracker, and conveyor's segment reaper, are
     # process-wide singletons that outlive pools and segments on purpose.

@@ -14,28 +14,10 @@ from typing import Any
 
 import pytest
 
-from conftest import conveyor_segments
+from conftest import alive, conveyor_segments, wait_gone
 
 SCENARIO = Path(__file__).parent / "scenarios" / "pool_faults.py"
 pytestmark = pytest.mark.timeout(90)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def wait_gone(pids: list[int], within: float) -> list[int]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        left = [p for p in pids if alive(p)]
-        if not left:
-            return []
-        time.sleep(0.01)
-    return [p for p in pids if alive(p)]
 
 
 def segments_of(pids: set[int]) -> set[str]:

@@ -16,18 +16,11 @@ from typing import Any
 import pytest
 
 import conveyor as cv
+from conftest import wait_gone
 from helpers import fail_on, log_run, nap_then_pid, pid_of, square
 
 TESTS = Path(__file__).parent
 pytestmark = pytest.mark.timeout(120)
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def run_script(body: str, timeout: float = 60, start_method: str = "fork",
@@ -54,11 +47,8 @@ def run_script(body: str, timeout: float = 60, start_method: str = "fork",
     assert proc.returncode == expect_rc, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     facts = json.loads(lines[-1]) if lines else {}
-    for pid in facts.get("pids", []):
-        deadline = time.monotonic() + 3
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not alive(pid), f"worker {pid} outlived its pool: {facts}"
+    left = wait_gone(facts.get("pids", []), 3.0)
+    assert not left, f"workers {left} outlived their pool: {facts}"
     return facts, proc.stderr
 
 
@@ -420,8 +410,4 @@ def test_ctrl_c_while_exit_waits_for_work_drops_it() -> None:
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=15)  # far less than the 20 s the work would take
-    for pid in pids:
-        deadline = time.monotonic() + 3
-        while alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not alive(pid)
+    assert not wait_gone(pids, 3.0)

@@ -1,19 +1,9 @@
 """The shared-memory ring beneath :class:`conveyor.Channel`, and how processes wait on it.
 
-Layout (constants in ``layout``; waiting and breaking in ``waiting``): one
-:class:`~conveyor._ipc.segment.Segment` holds a 4 KiB header and a data area of
-``capacity`` bytes (a multiple of 8)::
-
-    header  0  tail word   (items put, mod 2**32) << 32 | tail offset   written by senders
-           64  head word   (items got, mod 2**32) << 32 | head offset   written by receivers
-          128  state       0 open, else why it broke (cancelled / sender died / ...)
-          136  closed      how many senders have closed
-          192  magic, capacity, maxsize, senders (fixed at creation)
-          224  pid of whoever broke it; 232 message length; 240.. message (UTF-8)
-          512  sender rows   (pid, start time, open handles) x 64    see peers.py
-         2048  receiver rows (pid, start time, 1) x 64
-    data 4096  records: an 8-byte prefix (payload length | flags << 32), the payload,
-               padding to 8 bytes; a payload may wrap around the end, a prefix never does
+Layout: one :class:`~conveyor._ipc.segment.Segment` holds a 4 KiB header (the tail and
+head words, state, sender and receiver rows) and a data area of ``capacity`` bytes of
+length-prefixed records; the byte map is drawn once, in ``layout``'s docstring, beside its
+constants. Waiting and breaking live in ``waiting``.
 
 Atomic publication. Each side changes the ring with exactly one aligned 8-byte store:
 a sender writes its records beyond the tail and only then stores the tail word; a

@@ -74,13 +74,9 @@ def _positive(text: str) -> int:
 
 
 def _nonnegative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    from conveyor._cli.main import whole_number
+
+    return whole_number(text, 0)
 
 
 def _trace_file(text: str) -> str:

@@ -26,15 +26,22 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number >= 1."""
+def whole_number(text: str, minimum: int) -> int:
+    """``text`` as an int of at least ``minimum``, or an argparse error saying why."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 1, got {value}" if minimum == 1 else
+            f"must be {minimum} or more, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return whole_number(text, 1)
 
 
 def build_parser() -> Parser:

@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from conveyor._flow.interrupts import Interrupts
 from conveyor._pool import worker as _worker
@@ -211,17 +211,28 @@ class Fifo:
 _SEQ_SHIFT = 20  # a record's base is (chunk seq << 20) + its first item's place in the chunk
 
 
-class ChunkSink(Protocol):
-    """Who is told about a chunk call's chunks (a stage here; the work queue's driver)."""
+class ChunkSink:
+    """Who is told about a chunk call's chunks (a stage here; the work queue's driver):
+    ended chunks go to ``done``, and the driver waiting on ``cond`` is woken. Subclasses
+    set the three fields."""
+
+    cond: threading.Condition
+    done: deque[Done]
+    abort_error: BaseException | None
 
     def finished(self, done: Done) -> None:
         """A chunk has ended (called in the pool's supervisor thread)."""
+        self.done.append(done)
 
     def wake(self) -> None:
         """A batch of results was delivered: the driver may have work."""
+        with self.cond:
+            self.cond.notify_all()
 
     def aborted(self, exc: BaseException) -> None:
         """The pool stopped (terminated or broken): the chunks still out will not end."""
+        self.abort_error = exc
+        self.wake()
 
 
 class ChunkSizer:
@@ -315,7 +326,7 @@ def _run_chunk_in_thread(fn: Callable[[Any], Any], items: list[Any], state: Any
     return values, errors, time.perf_counter_ns() - start, threading.get_ident()
 
 
-class _Stage:
+class _Stage(ChunkSink):
     """One stage's buffer, workers and bookkeeping, driven by the pipeline's driver."""
 
     def __init__(self, spec: _StageSpec, index: int, cond: threading.Condition,
@@ -384,18 +395,7 @@ class _Stage:
             return _Each(fn)
         return fn
 
-    # ---- called from supervisor / executor threads
-    def finished(self, done: Done) -> None:
-        self.done.append(done)
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
-
-    def aborted(self, exc: BaseException) -> None:
-        self.abort_error = exc
-        self.wake()
-
+    # ---- called from executor threads (finished/wake/aborted: ChunkSink)
     def _thread_done(self, seq: int, items: list[Any], fut: Future[Any]) -> None:
         try:
             values, errors, elapsed, ident = fut.result()

@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from conveyor._flow.interrupts import Interrupts
-from conveyor._flow.pipeline import ChunkCall, ChunkSizer, Done, Fifo
+from conveyor._flow.pipeline import ChunkCall, ChunkSink, ChunkSizer, Done, Fifo
 from conveyor._pool.pool import Pool
 from conveyor.errors import PipelineError, short_repr
 
@@ -128,7 +128,7 @@ def iter_work_queue(
     return run.results(initial_tasks)
 
 
-class _Run:
+class _Run(ChunkSink):
     """One run of a work queue: the driver loop, and the sink of the pool's chunks."""
 
     def __init__(self, handler: Callable[..., Any], workers: int | None, progress: bool,
@@ -158,18 +158,6 @@ class _Run:
         self.pool: Pool | None = None
         self.call: ChunkCall | None = None
         self.bar: Any = None
-
-    # ---- the sink of ChunkCall (supervisor thread)
-    def finished(self, done: Done) -> None:
-        self.done.append(done)
-
-    def wake(self) -> None:
-        with self.cond:
-            self.cond.notify_all()
-
-    def aborted(self, exc: BaseException) -> None:
-        self.abort_error = exc
-        self.wake()
 
     # ---- the driver (caller's thread); see Pipeline's driver for the Ctrl-C shield
     def results(self, initial_tasks: Iterable[Any]) -> Iterator[Any]:
