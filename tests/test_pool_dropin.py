@@ -223,6 +223,7 @@ def test_sys_exit_in_a_task_is_raised_by_result_as_in_process_pool_executor() ->
     ({"retry_on": [int]}, TypeError, "exception types, got <class 'int'>"),
     ({"retry_on": ValueError}, TypeError, "retry_on=(ValueError,)"),
     ({"workers": 0}, ValueError, "workers"),
+    ({"max_worker_memory": "1"}, ValueError, "max_worker_memory must be a positive int"),
 ])
 def test_bad_pool_options_are_named(kwargs: dict[str, Any], error: type, words: str) -> None:
     with pytest.raises(error) as info:

@@ -140,8 +140,11 @@ class Pool(futures.Executor):
         maxtasks = maxtasksperchild if maxtasksperchild is not None else max_tasks_per_child
         if maxtasks is not None and (not isinstance(maxtasks, int) or maxtasks < 1):
             raise ValueError(f"maxtasksperchild must be a positive integer, got {maxtasks!r}")
-        if max_worker_memory is not None and max_worker_memory <= 0:
-            raise ValueError(f"max_worker_memory must be a positive number of bytes, got {max_worker_memory!r}")
+        if max_worker_memory is not None and (
+                isinstance(max_worker_memory, bool) or not isinstance(max_worker_memory, int)
+                or max_worker_memory <= 0):
+            raise ValueError("max_worker_memory must be a positive int (bytes of resident "
+                             f"memory), got {max_worker_memory!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, got {initializer!r}")
         self._options = TaskOptions.check(task_timeout, retries, retry_on)
