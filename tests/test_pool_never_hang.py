@@ -411,3 +411,28 @@ def test_ctrl_c_while_exit_waits_for_work_drops_it() -> None:
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=15)  # far less than the 20 s the work would take
     assert not wait_gone(pids, 3.0)
+
+
+
+def test_status_slots_start_clean_on_reused_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    # multiprocessing's heap hands out the memory of an earlier pool's status slots as it
+    # was; a stale take-back range there once made a worker run a record that the
+    # supervisor had taken back and sent elsewhere (it ran twice).
+    from conveyor._pool import worker
+
+    real = worker.status_block
+
+    def dirty_block(workers: int) -> Any:
+        block = real(workers)
+        view = worker.status_view(block)
+        for i in range(len(view)):
+            view[i] = 3
+        return block
+
+    monkeypatch.setattr(worker, "status_block", dirty_block)
+    with cv.Pool(2) as pool:
+        slots = pool._sup._slots.tolist()
+        for base in range(0, len(slots), worker.SLOT_SIZE):
+            assert slots[base + worker.SLOT_REVOKE_LO] == 0
+            assert slots[base + worker.SLOT_REVOKE_HI] == 0
+        assert pool.map(square, range(50)) == [i * i for i in range(50)]

@@ -160,8 +160,14 @@ class Supervisor(RunnerLifecycle, Dispatcher, ResultReader, DeathHandler):
         self._has_initializer = init is not None
         self._status = _worker.status_block(workers)
         self._slots = _worker.status_view(self._status)
+        # The block comes from multiprocessing's heap, which reuses the memory of freed
+        # blocks (an earlier pool's slots) as it is: every field starts from zero here. A
+        # stale take-back range once made a worker run a record the supervisor had taken
+        # back and sent elsewhere (the record ran twice).
+        for i in range(workers * _worker.SLOT_SIZE):
+            self._slots[i] = 0
         for i in range(0, workers * _worker.SLOT_SIZE, _worker.SLOT_SIZE):
-            self._slots[i] = -1
+            self._slots[i + _worker.SLOT_RECORD] = -1
         self.pending: deque[Record] = deque()
         self._next_rid = 0
         self._woken = False
